@@ -1,0 +1,199 @@
+"""The ``ctengine`` command: a thin layer over the library."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+
+def _storage_options(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object")
+    return value
+
+
+def _client(scheduler: str | None, workers: int | None):
+    from .cluster import dask_client
+
+    return dask_client(scheduler=scheduler, workers=workers)
+
+
+cluster_options = [
+    click.option("--workers", type=click.IntRange(min=1), default=None,
+                 help="Worker processes of the local Dask cluster (default: one per core)."),
+    click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786)."),
+]
+
+
+def with_cluster(func):
+    for option in reversed(cluster_options):
+        func = option(func)
+    return func
+
+
+@click.group()
+@click.version_option(package_name="ctengine")
+def main() -> None:
+    """ctengine: high-throughput preprocessing and features for lung CT (COVID-CTset)."""
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--patients", type=click.IntRange(min=1), default=None, help="Number of patients (default 12).")
+@click.option("--slices-per-series", type=click.IntRange(min=1), default=None,
+              help="Slices in every series (default: from thickness).")
+@click.option("--like", type=click.Choice(["covid-ctset"]), default=None,
+              help="Mirror the real cohort (377 patients, thickness per series).")
+@click.option("--fraction", type=click.FloatRange(min=0, min_open=True, max=1), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--flat", is_flag=True, help="Also write the flat Training&Validation layout.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: one per core).")
+def synth(out, patients, slices_per_series, like, fraction, seed, flat, workers) -> None:
+    """Write a synthetic cohort in the exact COVID-CTset layout to OUT."""
+    from .synth import write_cohort
+
+    if like and patients:
+        raise click.UsageError("give --patients or --like, not both")
+    summary = write_cohort(out, patients=None if like else (patients or 12), slices_per_series=slices_per_series,
+                           like=like, fraction=fraction, seed=seed, flat=flat, workers=workers)
+    click.echo(f"wrote {summary.slices} slices of {summary.patients} patients ({summary.covid_slices} covid, "
+               f"{summary.normal_slices} normal) in {summary.seconds:.1f} s "
+               f"({summary.slices / max(summary.seconds, 1e-9):.0f} slices/s) to {out}")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--store", required=True, help="Store path or fsspec URL (created if missing).")
+@click.option("--details", type=click.Path(exists=True, dir_okay=False), help="Patient_details.csv")
+@click.option("--metadata", type=click.Path(exists=True, dir_okay=False), help="Patients_metadata.csv")
+@click.option("--labels", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Label CSVs (filename,class): all.csv, train1.csv, ... (repeatable).")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any file is quarantined.")
+@click.option("--storage-options", default=None, help="JSON object for fsspec (endpoint, credentials).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@with_cluster
+def ingest(sources, store, details, metadata, labels, strict, storage_options, as_json, workers, scheduler) -> None:
+    """Ingest COVID-CTset SOURCES (tree, zips or flat folder) into a Zarr v3 STORE."""
+    from .ingestion import StoreBusyError, ingest as run_ingest
+
+    try:
+        with _client(scheduler, workers) as client:
+            report = run_ingest(sources, store, details=details, metadata=metadata, labels=list(labels) or None,
+                                client=client, storage_options=_storage_options(storage_options))
+    except StoreBusyError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_ingest(report)
+    if report.failed_series or (strict and report.quarantined):
+        sys.exit(1)
+
+
+def _print_ingest(report) -> None:
+    if report.nothing_written:
+        click.echo(f"store {report.store} is complete: nothing to write ({report.slices} slices, "
+                   f"{report.series_skipped} series)")
+    else:
+        click.echo(f"ingested {report.slices_written} slices in {report.series_written} series "
+                   f"({report.series_skipped} already complete) in {report.seconds:.1f} s: "
+                   f"{report.slices_per_second:.0f} slices/s, {report.bytes_raw / 1e6:.0f} MB raw -> "
+                   f"{report.bytes_stored / 1e6:.0f} MB stored (ratio {report.ratio:.2f})")
+    for location, reason in report.quarantined:
+        click.echo(f"quarantined: {location}: {reason}", err=True)
+    for series, reason in report.failed_series:
+        click.echo(f"failed series: {series}: {reason}", err=True)
+    if report.quarantined:
+        click.echo(f"{len(report.quarantined)} file(s) quarantined (listed in the store's quarantine table)", err=True)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--source", "sources", multiple=True, type=click.Path(exists=True),
+              help="Also compare against these sources (repeatable).")
+@click.option("--storage-options", default=None, help="JSON object for fsspec.")
+@with_cluster
+def verify(store, sources, storage_options, workers, scheduler) -> None:
+    """Re-read STORE and compare every slice's checksum; exit 1 on any mismatch."""
+    from .verify import verify as run_verify
+
+    with _client(scheduler, workers) as client:
+        report = run_verify(store, sources=sources, client=client, storage_options=_storage_options(storage_options))
+    for what, reason in report.mismatches:
+        click.echo(f"MISMATCH {what}: {reason}", err=True)
+    click.echo(f"checked {report.slices_checked} stored slices and {report.sources_checked} source files: "
+               f"{'OK' if report.ok else f'{len(report.mismatches)} mismatch(es)'}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--storage-options", default=None, help="JSON object for fsspec.")
+def info(store, as_json, storage_options) -> None:
+    """Patients, series and slices per label, bytes and compression ratio of STORE."""
+    from .summary import store_info
+
+    summary = store_info(store, storage_options=_storage_options(storage_options))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"store {store}")
+    for label, counts in summary["labels"].items():
+        click.echo(f"  {label:8s} {counts['patients']:5d} patients {counts['series']:6d} series "
+                   f"{counts['slices']:8d} slices")
+    click.echo(f"  raw {summary['bytes_raw'] / 1e6:.1f} MB -> stored {summary['bytes_stored'] / 1e6:.1f} MB "
+               f"(ratio {summary['ratio']:.2f}); quarantined files: {summary['quarantined']}")
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False), default="ctengine-demo", show_default=True)
+@click.option("--patients", type=click.IntRange(min=2), default=12, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@with_cluster
+def demo(workdir, patients, seed, workers, scheduler) -> None:
+    """Run the pipeline on a synthetic cohort: synth -> ingest -> verify -> info."""
+    from .ingestion import ingest as run_ingest
+    from .summary import store_info
+    from .synth import write_cohort
+    from .verify import verify as run_verify
+
+    work = Path(workdir)
+    source, store = work / "covid-ctset", work / "store.zarr"
+    stages = {}
+    started = time.perf_counter()
+    click.echo(f"[1/4] synth: {patients} patients -> {source}")
+    summary = write_cohort(source, patients=patients, seed=seed)
+    stages["synth"] = summary.slices / max(summary.seconds, 1e-9)
+    with _client(scheduler, workers) as client:
+        click.echo(f"[2/4] ingest -> {store}")
+        report = run_ingest([source], store, client=client)
+        _print_ingest(report)
+        stages["ingest"] = report.slices_per_second
+        click.echo("[3/4] verify against the sources")
+        checked = run_verify(store, sources=[source], client=client)
+        click.echo(f"      {checked.slices_checked} slices, {len(checked.mismatches)} mismatches")
+    click.echo("[4/4] info")
+    counts = store_info(store)
+    for label, row in counts["labels"].items():
+        click.echo(f"      {label:8s} {row['patients']} patients, {row['series']} series, {row['slices']} slices")
+    click.echo(f"done in {time.perf_counter() - started:.1f} s; throughput (slices/s): "
+               + ", ".join(f"{k} {v:.0f}" for k, v in stages.items() if v == v))
+    click.echo(f"store: {store.resolve()}")
+    if not checked.ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,46 @@
+"""Where Dask work runs: a LocalCluster sized to the machine, or an existing scheduler."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+from distributed import Client, LocalCluster
+
+
+def default_workers() -> int:
+    """One single-threaded worker process per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def dask_client(*, scheduler: str | None = None, workers: int | None = None,
+                memory_limit: str | None = "auto") -> Iterator[Client]:
+    """A distributed Client: connect to ``scheduler`` if given, else start a LocalCluster.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running scheduler (``tcp://host:8786``) or a scheduler file path.
+    workers : int, optional
+        Worker processes of the local cluster (default: one per core).
+    memory_limit : str, optional
+        Memory limit per local worker (dask syntax, e.g. ``"2GiB"``).
+    """
+    if scheduler and workers:
+        raise ValueError("give either scheduler or workers, not both")
+    if scheduler:
+        kwargs = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
+        with Client(**kwargs) as client:
+            yield client
+        return
+    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
+                      dashboard_address=None, memory_limit=memory_limit, silence_logs=logging.ERROR) as cluster:
+        with Client(cluster) as client:
+            yield client

@@ -1,0 +1,78 @@
+"""Dataset constants of COVID-CTset and the dtypes ctengine uses everywhere.
+
+Units: raw = stored uint16 value, HU = raw * slope + intercept (slope 1,
+intercept -1024 for COVID-CTset), mm for spacing and thickness.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: dtype of a stored slice (raw units)
+RAW_DTYPE = np.dtype("<u2")
+#: shape (y, x) of a COVID-CTset slice
+SLICE_SHAPE = (512, 512)
+#: raw = HU + HU_OFFSET for every series whose metadata is known
+HU_OFFSET = 1024
+DEFAULT_SLOPE = 1.0
+DEFAULT_INTERCEPT = -1024.0
+
+#: series folders of each patient
+SERIES = ("SR_2", "SR_3", "SR_4")
+#: labels, spelled as in the dataset's CSV files
+LABELS = ("covid", "normal")
+#: groups seen in the whole-dataset tree
+GROUPS_COVID = ("137covid", "157covid")
+GROUPS_NORMAL = ("normal1", "normal2", "normal3", "normal4", "normal5",
+                 "normalcd1", "normalcd2", "normalcd3", "cdnormal4", "cdunnormal")
+
+#: the authors' CT selection: dark pixels raw < 300 in rows 240..339, cols 120..369
+SELECTION_ROWS = slice(240, 340)
+SELECTION_COLS = slice(120, 370)
+SELECTION_DARK_RAW = 300
+SELECTION_DIVISOR = 1.5
+
+#: lung mask values
+MASK_BACKGROUND = 0
+MASK_RIGHT_LUNG = 1  # patient's right = image left
+MASK_LEFT_LUNG = 2
+
+#: size limits for input files (refused before any allocation)
+MAX_TIFF_BYTES = 64 * 2**20
+MAX_SLICE_PIXELS = 4096 * 4096
+
+#: separator of multi-valued catalog cells (source names, groups)
+MULTI_SEP = ";"
+
+#: classifier output indices (logit / probability columns): 0 normal, 1 covid
+CLASS_NORMAL = 0
+CLASS_COVID = 1
+#: label of each class index, so CLASS_NAMES[CLASS_COVID] == "covid"
+CLASS_NAMES = ("normal", "covid")
+#: lung window (centre, width) in HU used by the "window" normalisation
+LUNG_WINDOW_HU = (-600.0, 1500.0)
+#: the authors' patient rule: COVID when at least this fraction of the
+#: selected SR_2 slices are classified COVID
+PATIENT_COVID_FRACTION = 0.10
+
+#: mediastinal window (centre, width) in HU for the "window" normalisation
+MEDIASTINUM_WINDOW_HU = (40.0, 400.0)
+#: default divisor of the "fixed" normalisation: the full 16-bit range, so
+#: every raw value maps into [0, 1] (COVID-CTset raw values exceed 4095)
+FIXED_DIVISOR_RAW = 65535.0
+
+#: fixed per-slice HU histogram of the statistics kernel: 64 equal bins over
+#: [-1024, 200] HU (numpy.histogram edges, last bin closed)
+HU_HIST_RANGE = (-1024.0, 200.0)
+HU_HIST_BINS = 64
+#: bin width in HU of the entropy / uniformity histogram (pyradiomics binWidth)
+ENTROPY_BIN_WIDTH_HU = 25.0
+#: pyradiomics' epsilon in entropy: numpy.spacing(1)
+ENTROPY_EPS = 2.220446049250313e-16
+#: upper (exclusive) HU bounds of the density classes: emphysema < -950,
+#: aerated [-950, -700), ground glass [-700, -300), consolidation [-300, 50)
+HU_EMPHYSEMA_BELOW = -950.0
+HU_AERATED_BELOW = -700.0
+HU_GROUND_GLASS_BELOW = -300.0
+HU_CONSOLIDATION_BELOW = 50.0
+#: percentiles reported per slice by the statistics kernel
+STATS_PERCENTILES = (10, 25, 50, 75, 90)

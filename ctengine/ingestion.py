@@ -1,0 +1,342 @@
+"""Ingest: a Dask graph from the catalog to the store, one task per series.
+
+Each task reads every source of its series (plain files or zip members),
+decodes them safely, checks duplicates for conflicts, encodes the whole
+series as one shard and writes it in one object, then marks the series
+complete. A series is skipped when it is already complete for the same
+plan (same instances and source names), so a killed run resumes where it
+stopped and a second run over a complete store writes nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import _shard, layout, store as schema
+from .constants import SLICE_SHAPE
+from .tiffio import BadSliceError, decode_slice, slice_checksum
+
+SERIES_META = ("thickness_mm", "spacing_y_mm", "spacing_x_mm", "slope", "intercept", "kernel",
+               "window_center", "window_width")
+
+
+class StoreBusyError(RuntimeError):
+    """Another ingest holds the store's lock."""
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did (bytes are raw pixels in and encoded shards out)."""
+
+    store: str
+    slices: int = 0
+    slices_written: int = 0
+    series_written: int = 0
+    series_skipped: int = 0
+    bytes_raw: int = 0
+    bytes_stored: int = 0
+    seconds: float = 0.0
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    failed_series: list[tuple[str, str]] = field(default_factory=list)
+    catalog_written: bool = False
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_raw / self.bytes_stored if self.bytes_stored else float("nan")
+
+    @property
+    def slices_per_second(self) -> float:
+        return self.slices_written / self.seconds if self.seconds else float("nan")
+
+    @property
+    def nothing_written(self) -> bool:
+        return self.series_written == 0 and not self.catalog_written
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "slices": self.slices, "slices_written": self.slices_written,
+                "series_written": self.series_written, "series_skipped": self.series_skipped,
+                "bytes_raw": self.bytes_raw, "bytes_stored": self.bytes_stored, "ratio": self.ratio,
+                "seconds": self.seconds, "slices_per_second": self.slices_per_second,
+                "quarantined": [list(q) for q in self.quarantined],
+                "failed_series": [list(f) for f in self.failed_series]}
+
+
+# ---------------------------------------------------------------- one series (runs on a worker)
+
+@dataclass
+class SeriesTask:
+    """Everything a worker needs to store one series."""
+
+    url: str
+    storage_options: dict | None
+    patient: str
+    series: str
+    instances: list[int]
+    copies: list[list[tuple[str, str, str]]]  # per instance: (archive, path, source name)
+    attrs: dict[str, Any]
+    shape: tuple[int, int] = SLICE_SHAPE
+
+    @property
+    def plan(self) -> str:
+        text = json.dumps([self.instances, [[c[2] for c in copies] for copies in self.copies]])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def ingest_series(task: SeriesTask) -> dict[str, Any]:
+    """Store one series; return its instances, checksums, quarantine and byte counts."""
+    root = schema.open_root(task.url, mode="a", storage_options=task.storage_options)
+    path = f"{task.patient}/{task.series}"
+    done = _completed_attrs(root, path, task.plan)
+    if done is not None:
+        return {"patient": task.patient, "series": task.series, "status": "skipped", "bytes_raw": 0,
+                "bytes_stored": 0, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
+    instances, images, checksums, quarantined = _read_series(task)
+    result = {"patient": task.patient, "series": task.series, "instances": instances, "checksums": checksums,
+              "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0}
+    group = root.require_group(task.patient).create_group(task.series, overwrite=True,
+                                                          attributes={"ctengine": {"complete": False}})
+    if not images:
+        return {**result, "status": "empty"}
+    shard = _shard.encode_shard([_shard.encode_chunk(image) for image in images])
+    schema.create_raw_array(group, len(images), images[0].shape)
+    fs, base = schema.filesystem(task.url, task.storage_options)
+    schema.put_object(fs, f"{base}/{schema.raw_shard_key(task.patient, task.series)}", shard)
+    attrs = dict(task.attrs, instances=instances, checksums=checksums, quarantined=quarantined)
+    scale = schema.series_scale(attrs.get("thickness_mm"), *(attrs.get("spacing_mm") or (None, None)))
+    group.attrs.update({**attrs, "ome": schema.ome_multiscales(path, scale=scale),
+                        "ctengine": {"complete": True, "plan": task.plan}})
+    return {**result, "status": "written", "bytes_raw": sum(i.nbytes for i in images), "bytes_stored": len(shard)}
+
+
+def _completed_attrs(root, path: str, plan: str) -> dict[str, Any] | None:
+    """The series' attributes if it is complete for this plan, else None."""
+    try:
+        attrs = dict(root[path].attrs)
+    except Exception:  # missing or half-written metadata: not complete
+        return None
+    state = attrs.get("ctengine", {})
+    return attrs if state.get("complete") and state.get("plan") == plan else None
+
+
+def _read_series(task: SeriesTask) -> tuple[list[int], list[np.ndarray], list[str], list[tuple[str, str]]]:
+    """Decode every copy of every instance; quarantine bad files and conflicting duplicates."""
+    instances, images, checksums, quarantined = [], [], [], []
+    for instance, copies in zip(task.instances, task.copies):
+        good = []
+        for archive, member, name in copies:
+            location = f"{archive}::{member}" if archive else member
+            try:
+                image = decode_slice(layout.read_source(archive, member), shape=task.shape)
+            except (BadSliceError, OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+                quarantined.append((location, str(exc) or type(exc).__name__))
+                continue
+            good.append((location, image, slice_checksum(image)))
+        if len({checksum for _, _, checksum in good}) > 1:
+            names = ", ".join(location for location, _, _ in good)
+            quarantined.extend((location, f"conflict: copies of {task.patient}/{task.series}/IM{instance:05d} "
+                                          f"differ in pixels ({names})") for location, _, _ in good)
+        elif good:
+            instances.append(int(instance))
+            images.append(good[0][1])
+            checksums.append(good[0][2])
+    return instances, images, checksums, quarantined
+
+
+# ---------------------------------------------------------------- the whole ingest (runs on the client)
+
+@contextlib.contextmanager
+def store_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock on a local store; refuse if another ingest holds it.
+
+    The lock is an ``flock`` on ``STORE/.ctengine.lock``, released by the
+    kernel if the process dies, so a killed ingest never leaves a stale lock.
+    Remote (fsspec) stores are not locked.
+    """
+    if "://" in url and not url.startswith("file://"):
+        yield
+        return
+    import fcntl
+
+    local = url.removeprefix("file://")
+    os.makedirs(local, exist_ok=True)
+    with open(os.path.join(local, ".ctengine.lock"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StoreBusyError(f"store {url!r} is being written by {holder}; wait for it to finish") from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+
+
+def plan_ingest(sources: Iterable[str | os.PathLike], *, details: str | None = None, metadata: str | None = None,
+                labels: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None,
+                                                          list[tuple[str, str]]]:
+    """Scan sources and read metadata: (files, catalog, details, rejected)."""
+    found = layout.scan(sources)
+    details_table, metadata_table, label_table, problems = layout.find_csvs(
+        found, details=details, metadata=metadata, labels=labels)
+    catalog = layout.build_catalog(found.files, details=details_table, metadata=metadata_table, labels=label_table)
+    return found.files, catalog, details_table, found.rejected + problems
+
+
+def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, details: str | None = None,
+           metadata: str | None = None, labels: list[str] | None = None, client=None,
+           storage_options: dict | None = None, progress: bool = True,
+           shape: tuple[int, int] = SLICE_SHAPE) -> IngestReport:
+    """Ingest COVID-CTset (tree, zip archives or flat folder) into a store, bit-exact.
+
+    Parameters
+    ----------
+    sources : paths
+        Folders, zip archives (or their ``.zip.NNN`` parts) and TIFF files.
+    store : str
+        Local path or fsspec URL of the store (created if missing).
+    details, metadata, labels : paths, optional
+        ``Patient_details.csv``, ``Patients_metadata.csv`` and label CSVs;
+        found automatically beside the images when not given.
+    client : distributed.Client, optional
+        Where to run; default a LocalCluster sized to the machine.
+    shape : (int, int)
+        Required slice shape (y, x); other shapes are quarantined.
+
+    Returns
+    -------
+    IngestReport
+    """
+    url = os.fspath(store)
+    started = time.perf_counter()
+    files, catalog, details_table, rejected = plan_ingest(sources, details=details, metadata=metadata,
+                                                          labels=labels)
+    report = IngestReport(store=url, quarantined=list(rejected))
+    with store_lock(url):
+        root = schema.open_root(url, mode="a", storage_options=storage_options)
+        root.attrs.update({"format": schema.FORMAT, "format_version": schema.FORMAT_VERSION,
+                           "raw_codec": schema.raw_codec().to_dict()})
+        _write_patient_groups(root, catalog, details_table)
+        tasks = _series_tasks(url, storage_options, files, catalog, shape)
+        results = _run(tasks, client, progress=progress, report=report)
+        catalog = _apply_results(catalog, results, report)
+        report.catalog_written = _write_if_changed(root, "catalog", catalog)
+        quarantine = pd.DataFrame(report.quarantined, columns=["location", "reason"])
+        _write_if_changed(root, "quarantine", quarantine)
+    report.slices = len(catalog)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _write_patient_groups(root, catalog: pd.DataFrame, details: pd.DataFrame | None) -> None:
+    info = details.set_index("patient") if details is not None else None
+    labels = catalog.groupby("patient")["label"].first()
+    for patient, label in labels.items():
+        attrs: dict[str, Any] = {"label": label}
+        if info is not None and patient in info.index:
+            row = info.loc[patient]
+            attrs.update({"sex": row.get("sex"), "age_years": row.get("age_years"), "date": row.get("date")})
+        attrs = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in attrs.items()}
+        group = root.require_group(patient)
+        if dict(group.attrs) != attrs:
+            group.attrs.update(attrs)
+
+
+def _series_tasks(url: str, storage_options: dict | None, files: pd.DataFrame, catalog: pd.DataFrame,
+                  shape: tuple[int, int]) -> list[SeriesTask]:
+    copies = files.groupby(["patient", "series", "instance"], sort=False)
+    sources = {key: list(zip(g["archive"], g["path"], g["name"])) for key, g in copies}
+    tasks = []
+    for (patient, series), rows in catalog.groupby(["patient", "series"], sort=True):
+        first = rows.iloc[0]
+        attrs = {key: _plain(first[key]) for key in SERIES_META if key not in ("spacing_y_mm", "spacing_x_mm")}
+        spacing = (_plain(first["spacing_y_mm"]), _plain(first["spacing_x_mm"]))
+        attrs["spacing_mm"] = None if None in spacing else list(spacing)
+        attrs["groups"] = sorted(set(";".join(rows["group"]).split(";")))
+        instances = rows["instance"].tolist()
+        tasks.append(SeriesTask(url, storage_options, patient, series, instances,
+                                [sources[(patient, series, i)] for i in instances], attrs, shape))
+    return tasks
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly scalar: NaN and empty strings become None."""
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    return value if value != "" else None
+
+
+def _run(tasks: list[SeriesTask], client, *, progress: bool, report: IngestReport) -> list[dict[str, Any]]:
+    """Map the tasks on the cluster; a failing series is reported, the rest completes."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from .cluster import dask_client
+
+    owned = contextlib.nullcontext(client) if client is not None else dask_client()
+    results = []
+    with owned as active, tqdm(total=sum(len(t.instances) for t in tasks), unit="slice", desc="ingest",
+                               disable=not progress) as bar:
+        futures = active.map(ingest_series, tasks, key=[f"ingest-{t.patient}-{t.series}" for t in tasks],
+                             retries=2, pure=False)
+        by_key = {f.key: t for f, t in zip(futures, tasks)}
+        for future in as_completed(futures):
+            task = by_key[future.key]
+            bar.update(len(task.instances))
+            try:
+                results.append(future.result())
+            except Exception as exc:  # the worker raised: report the series, keep going
+                report.failed_series.append((f"{task.patient}/{task.series}", f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+def _apply_results(catalog: pd.DataFrame, results: list[dict[str, Any]], report: IngestReport) -> pd.DataFrame:
+    """Keep the stored slices, fill checksums and stack positions, collect the quarantine."""
+    stored = []
+    for result in results:
+        report.quarantined.extend(tuple(q) for q in result["quarantined"])
+        report.bytes_raw += result["bytes_raw"]
+        report.bytes_stored += result["bytes_stored"]
+        if result["status"] == "written":
+            report.series_written += 1
+            report.slices_written += len(result["instances"])
+        elif result["status"] == "skipped":
+            report.series_skipped += 1
+        stored.append(pd.DataFrame({"patient": result["patient"], "series": result["series"],
+                                    "instance": np.asarray(result["instances"], dtype=np.int64),
+                                    "checksum": result["checksums"]}))
+    key = ["patient", "series", "instance"]
+    kept = pd.concat(stored, ignore_index=True) if stored else pd.DataFrame(columns=key + ["checksum"])
+    catalog = catalog.drop(columns="checksum").merge(kept.astype({"instance": "int64"}), on=key, how="inner")
+    catalog = catalog.sort_values(key, ignore_index=True)
+    catalog["z"] = catalog.groupby(["patient", "series"]).cumcount().astype("int64")
+    return catalog
+
+
+def _write_if_changed(root, name: str, table: pd.DataFrame) -> bool:
+    """Write a table unless the store already holds the same one."""
+    if name in root:
+        try:
+            old = schema.read_table(root, name)
+            if list(old.columns) == list(table.columns) and len(old) == len(table) and \
+                    old.astype(str).equals(table.reset_index(drop=True).astype(str)):
+                return False
+        except Exception:  # unreadable old table: replace it
+            pass
+    schema.write_table(root, name, table.reset_index(drop=True))
+    return True

@@ -1,0 +1,218 @@
+"""The store schema: a zarr v3 hierarchy keyed ``/<patient>/<series>``.
+
+::
+
+    STORE/zarr.json                       root: format, codec, quarantine report
+    STORE/catalog/<column>                one 1-D array per catalog column (dim "slice")
+    STORE/<patient>/zarr.json             label and demographics
+    STORE/<patient>/<series>/zarr.json    OME-Zarr 0.5 multiscales; thickness, spacing,
+                                          rescale, kernel, instances, checksums, sources
+    STORE/<patient>/<series>/0            raw uint16 (z, y, x): 1 slice per chunk,
+                                          the series in one shard, blosc zstd + bitshuffle
+    STORE/<patient>/<series>/labels/lung/0   lung masks (uint8) once computed
+
+Everything is readable with plain ``zarr`` and ``xarray`` (every array has
+dimension names) and by OME-Zarr readers; nothing needs ctengine.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BloscCodec
+
+from . import _shard
+from .constants import RAW_DTYPE
+
+FORMAT = "ctengine-store"
+FORMAT_VERSION = 1
+RAW = "0"
+TABLE_DIM = "slice"
+
+
+def raw_codec() -> BloscCodec:
+    """The zarr codec matching :func:`ctengine._shard.encode_chunk`."""
+    return BloscCodec(cname=_shard.BLOSC_CNAME, clevel=_shard.BLOSC_CLEVEL, shuffle=_shard.BLOSC_SHUFFLE,
+                      typesize=2, blocksize=0)
+
+
+def open_root(url: str, *, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
+    """Open the root group of a store (local path or fsspec URL)."""
+    kwargs = {"storage_options": storage_options} if storage_options and "://" in url else {}
+    return zarr.open_group(url, mode=mode, zarr_format=3, **kwargs)
+
+
+def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec filesystem and root path of a store URL."""
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, root.rstrip("/")
+
+
+def put_object(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write one object atomically (temporary file and rename on local disks)."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if {"file", "local"} & set(protocols):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def ome_multiscales(name: str, *, scale: tuple[float, float, float] | None) -> dict[str, Any]:
+    """OME-Zarr 0.5 ``ome`` attribute of an image group with one level at path "0" (units mm)."""
+    axes = [{"name": axis, "type": "space", **({"unit": "millimeter"} if scale else {})} for axis in "zyx"]
+    transform = [{"type": "scale", "scale": [float(s) for s in (scale or (1.0, 1.0, 1.0))]}]
+    return {"version": "0.5", "multiscales": [{
+        "name": name, "axes": axes, "datasets": [{"path": RAW, "coordinateTransformations": transform}]}]}
+
+
+def series_scale(thickness_mm: float, spacing_y_mm: float, spacing_x_mm: float) -> tuple[float, float, float] | None:
+    """(z, y, x) voxel size in mm, or None when any part is unknown."""
+    values = (thickness_mm, spacing_y_mm, spacing_x_mm)
+    return None if any(v is None or not np.isfinite(v) for v in values) else tuple(float(v) for v in values)
+
+
+def create_raw_array(group: zarr.Group, n_slices: int, shape: tuple[int, int]) -> zarr.Array:
+    """(Re)create the raw array of a series: one slice per chunk, the series in one shard."""
+    return group.create_array(RAW, shape=(n_slices, *shape), chunks=(1, *shape), shards=(n_slices, *shape),
+                              dtype=RAW_DTYPE, compressors=[raw_codec()], fill_value=0,
+                              dimension_names=("z", "y", "x"), overwrite=True)
+
+
+def raw_shard_key(patient: str, series: str) -> str:
+    """Store key of the single shard holding a series' raw stack."""
+    return f"{patient}/{series}/{RAW}/c/0/0/0"
+
+
+# ---------------------------------------------------------------- tables
+
+def write_table(group: zarr.Group, name: str, table: pd.DataFrame) -> None:
+    """Store a DataFrame as a group of 1-D arrays (dimension ``slice``), replacing any old one."""
+    sub = group.create_group(name, overwrite=True, attributes={"columns": list(table.columns)})
+    n = len(table)
+    for column in table.columns:
+        values = table[column].to_numpy()
+        if values.dtype == object or pd.api.types.is_string_dtype(table[column].dtype):
+            values = table[column].astype(str).to_numpy(dtype=object)
+            dtype: Any = str
+        else:
+            dtype = values.dtype
+        array = sub.create_array(column, shape=(n,), chunks=(max(n, 1),), dtype=dtype,
+                                 dimension_names=(TABLE_DIM,), fill_value="" if dtype is str else None)
+        if n:
+            array[:] = values
+
+
+def read_table(group: zarr.Group, name: str) -> pd.DataFrame:
+    """Read a table written by :func:`write_table`."""
+    sub = group[name]
+    columns = sub.attrs["columns"]
+    data = {column: sub[column][:] for column in columns}
+    return pd.DataFrame({c: (v.astype(object) if v.dtype.kind in "OTU" else v) for c, v in data.items()},
+                        columns=columns)
+
+
+# ---------------------------------------------------------------- reading
+
+class Store:
+    """A ctengine store opened for reading.
+
+    Attributes
+    ----------
+    url : str
+        Local path or fsspec URL.
+    root : zarr.Group
+        The root group.
+    """
+
+    def __init__(self, url: str | os.PathLike, *, storage_options: dict | None = None):
+        self.url = os.fspath(url)
+        self.storage_options = storage_options
+        self.root = open_root(self.url, mode="r", storage_options=storage_options)
+        if self.root.attrs.get("format") != FORMAT:
+            raise ValueError(f"{self.url!r} is not a ctengine store (root attribute format={FORMAT!r} missing)")
+        self._catalog: pd.DataFrame | None = None
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    @property
+    def catalog(self) -> pd.DataFrame:
+        """One row per stored slice (see :func:`ctengine.layout.build_catalog`)."""
+        if self._catalog is None:
+            if "catalog" not in self.root:
+                raise ValueError(f"store {self.url!r} has no catalog yet (ingest did not finish)")
+            self._catalog = read_table(self.root, "catalog")
+        return self._catalog
+
+    @property
+    def quarantine(self) -> pd.DataFrame:
+        """Files refused by ingest: location and reason."""
+        if "quarantine" not in self.root:
+            return pd.DataFrame(columns=["location", "reason"])
+        return read_table(self.root, "quarantine")
+
+    @property
+    def features(self) -> pd.DataFrame:
+        """Per-slice features written by :func:`ctengine.compute_features`."""
+        if "features" not in self.root:
+            raise ValueError(f"store {self.url!r} has no features yet: run `ctengine features`")
+        return read_table(self.root, "features")
+
+    def series_keys(self) -> list[tuple[str, str]]:
+        """Every stored (patient, series), sorted."""
+        keys = self.catalog[["patient", "series"]].drop_duplicates()
+        return [tuple(k) for k in keys.itertuples(index=False)]
+
+    def raw(self, patient: str, series: str) -> zarr.Array:
+        """The raw uint16 (z, y, x) zarr array of a series."""
+        return self.root[f"{patient}/{series}/{RAW}"]
+
+    def series_attrs(self, patient: str, series: str) -> dict[str, Any]:
+        """Attributes of a series group (thickness, spacing, rescale, kernel, instances, ...)."""
+        return dict(self.root[f"{patient}/{series}"].attrs)
+
+    def series(self, patient: str, series: str):
+        """A dask-backed ``xarray.DataArray`` (instance, y, x) of raw values, mm coordinates where known."""
+        import dask.array as da
+        import xarray as xr
+
+        array = self.raw(patient, series)
+        attrs = self.series_attrs(patient, series)
+        z, ny, nx = array.shape
+        sy, sx = attrs.get("spacing_mm") or (None, None)
+        coords: dict[str, Any] = {"instance": np.asarray(attrs["instances"], dtype=np.int64)}
+        coords["y"] = np.arange(ny) * sy if sy else np.arange(ny)
+        coords["x"] = np.arange(nx) * sx if sx else np.arange(nx)
+        if attrs.get("thickness_mm"):
+            coords["z_mm"] = ("instance", np.arange(z) * float(attrs["thickness_mm"]))
+        keep = ("thickness_mm", "spacing_mm", "slope", "intercept", "kernel", "window_center", "window_width")
+        return xr.DataArray(da.from_zarr(array), dims=("instance", "y", "x"), coords=coords,
+                            name=f"{patient}/{series}",
+                            attrs={"units": "raw", **{k: attrs[k] for k in keep if attrs.get(k) is not None}})
+
+    def to_datatree(self):
+        """The whole store as an ``xarray.DataTree`` (lazy, dask-backed)."""
+        import xarray as xr
+
+        kwargs = {"storage_options": self.storage_options} if self.storage_options else {}
+        return xr.open_datatree(self.url, engine="zarr", chunks={}, consolidated=False, **kwargs)
+
+
+def open_store(url: str | os.PathLike, *, storage_options: dict | None = None) -> Store:
+    """Open a ctengine store for reading.
+
+    Examples
+    --------
+    >>> store = open_store("covid.zarr")  # doctest: +SKIP
+    >>> store.catalog.groupby("label").size()  # doctest: +SKIP
+    """
+    return Store(url, storage_options=storage_options)
