@@ -76,3 +76,22 @@ HU_GROUND_GLASS_BELOW = -300.0
 HU_CONSOLIDATION_BELOW = 50.0
 #: percentiles reported per slice by the statistics kernel
 STATS_PERCENTILES = (10, 25, 50, 75, 90)
+
+#: lung mask (kernels.lung_mask): raw pixels with HU below LUNG_LOW_HU are
+#: air-like candidates; HU below LUNG_AIR_HU is "pure air" (outside, trachea,
+#: bowel gas, table): a component whose median is below it is not lung
+LUNG_LOW_HU = -500.0
+LUNG_AIR_HU = HU_EMPHYSEMA_BELOW
+#: pixel spacing (mm) assumed for a 512-pixel-wide slice when none is given;
+#: smaller or larger images scale it by 512 / max(height, width)
+LUNG_DEFAULT_SPACING_MM = 0.7
+#: smallest lung component kept (mm^2) and smallest pure-air blob treated as
+#: an airway lumen / gas pocket inside a candidate (mm^2)
+LUNG_MIN_AREA_MM2 = 100.0
+LUNG_AIRWAY_MIN_AREA_MM2 = 30.0
+#: half size (mm) of the rectangle of the per-lung closing that brings
+#: pleural lesions back into the mask
+LUNG_CLOSING_MM = 10.0
+#: half width (mm) of the band around the body midline searched for the
+#: column that separates right and left lung
+LUNG_SPLIT_WINDOW_MM = 40.0

@@ -158,18 +158,19 @@ def _read_series(task: SeriesTask) -> tuple[list[int], list[np.ndarray], list[st
 def store_lock(url: str) -> Iterator[None]:
     """Hold an exclusive lock on a local store; refuse if another ingest holds it.
 
-    The lock is an ``flock`` on ``STORE/.ctengine.lock``, released by the
-    kernel if the process dies, so a killed ingest never leaves a stale lock.
-    Remote (fsspec) stores are not locked.
+    The lock is an ``flock`` on the file ``STORE.lock`` beside the store
+    (inside it, zarr would see a foreign object), released by the kernel if
+    the process dies, so a killed ingest never leaves a stale lock. Remote
+    (fsspec) stores are not locked.
     """
     if "://" in url and not url.startswith("file://"):
         yield
         return
     import fcntl
 
-    local = url.removeprefix("file://")
+    local = url.removeprefix("file://").rstrip("/")
     os.makedirs(local, exist_ok=True)
-    with open(os.path.join(local, ".ctengine.lock"), "a+") as handle:
+    with open(f"{local}.lock", "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -227,8 +228,10 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
     report = IngestReport(store=url, quarantined=list(rejected))
     with store_lock(url):
         root = schema.open_root(url, mode="a", storage_options=storage_options)
-        root.attrs.update({"format": schema.FORMAT, "format_version": schema.FORMAT_VERSION,
-                           "raw_codec": schema.raw_codec().to_dict()})
+        attrs = {"format": schema.FORMAT, "format_version": schema.FORMAT_VERSION,
+                 "raw_codec": schema.raw_codec().to_dict()}
+        if {k: root.attrs.get(k) for k in attrs} != json.loads(json.dumps(attrs)):
+            root.attrs.update(attrs)
         _write_patient_groups(root, catalog, details_table)
         tasks = _series_tasks(url, storage_options, files, catalog, shape)
         results = _run(tasks, client, progress=progress, report=report)

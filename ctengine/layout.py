@@ -371,11 +371,11 @@ def _join_labels(catalog: pd.DataFrame, labels: pd.DataFrame | None) -> pd.DataF
         catalog["slice_label"] = catalog["slice_label"].fillna("")
     catalog["labelled"] = catalog["slice_label"] != ""
     for fold in range(1, N_FOLDS + 1):
-        splits = pd.Series(dtype=str)
+        splits: dict[str, str] = {}
         if labels is not None and not labels.empty:
             in_fold = labels[labels["fold"] == fold].drop_duplicates(["patient", "split"])
-            splits = in_fold.groupby("patient")["split"].agg(lambda s: "+".join(sorted(s)))
-        catalog[f"fold{fold}"] = catalog["patient"].map(splits).fillna("").astype(str)
+            splits = in_fold.groupby("patient")["split"].agg(lambda s: "+".join(sorted(s))).to_dict()
+        catalog[f"fold{fold}"] = [splits.get(p, "") for p in catalog["patient"]]
     return catalog
 
 
@@ -383,12 +383,14 @@ def _patient_labels(catalog: pd.DataFrame, details: pd.DataFrame | None) -> pd.S
     """The patient's label: details CSV, else the group name, else its labelled slices."""
     label = pd.Series("", index=catalog.index, dtype=object)
     if details is not None:
-        label = catalog["patient"].map(details.set_index("patient")["label"]).fillna("").astype(object)
+        known = details.dropna(subset=["label"]).set_index("patient")["label"].to_dict()
+        label = pd.Series([known.get(p, "") for p in catalog["patient"]], index=catalog.index, dtype=object)
     by_group = catalog["group"].map(_label_from_groups)
     label = label.where(label != "", by_group)
     votes = catalog[catalog["slice_label"] != ""].groupby("patient")["slice_label"].agg(
-        lambda s: "covid" if (s == "covid").any() else "normal")
-    return label.where(label != "", catalog["patient"].map(votes).fillna("unknown")).astype(str)
+        lambda s: "covid" if (s == "covid").any() else "normal").to_dict()
+    fallback = pd.Series([votes.get(p, "unknown") for p in catalog["patient"]], index=catalog.index)
+    return label.where(label != "", fallback).astype(str)
 
 
 def _label_from_groups(groups: str) -> str:
