@@ -23,9 +23,14 @@ _blosc = numcodecs.Blosc()
 
 
 def encode_chunk(image: np.ndarray, *, clevel: int = BLOSC_CLEVEL) -> bytes:
-    """Blosc (zstd, bit shuffle, typesize 2) frame of one raw slice, one thread."""
-    return imagecodecs.blosc_encode(np.ascontiguousarray(image, dtype=RAW_DTYPE), level=clevel,
-                                    compressor=BLOSC_CNAME, shuffle=2, typesize=2, numthreads=1)
+    """Blosc (zstd, bit shuffle, typesize = itemsize) frame of one slice, one thread.
+
+    Raw slices are uint16 (typesize 2), lung masks uint8 (typesize 1);
+    multi-byte data is encoded little endian, as the zarr ``bytes`` codec.
+    """
+    image = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<"))
+    return imagecodecs.blosc_encode(image, level=clevel, compressor=BLOSC_CNAME, shuffle=2,
+                                    typesize=image.dtype.itemsize, numthreads=1)
 
 
 def encode_shard(chunks: list[bytes]) -> bytes:
@@ -55,9 +60,10 @@ def decode_chunk_into(frame: bytes | memoryview, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def decode_shard(shard: bytes, shape: tuple[int, int, int], *, out: np.ndarray | None = None) -> np.ndarray:
-    """Decode a whole shard to a raw (z, y, x) stack; missing chunks read as 0."""
-    out = np.empty(shape, dtype=RAW_DTYPE) if out is None else out
+def decode_shard(shard: bytes, shape: tuple[int, int, int], *, dtype=RAW_DTYPE,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Decode a whole shard to a (z, y, x) stack (raw uint16 by default); missing chunks read as 0."""
+    out = np.empty(shape, dtype=dtype) if out is None else out
     view = memoryview(shard)
     for z, (offset, nbytes) in enumerate(shard_index(shard, shape[0])):
         if offset == _EMPTY and nbytes == _EMPTY:

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from . import _shard, layout, store as schema
+from . import layout, store as schema
 from .constants import SLICE_SHAPE
 from .tiffio import BadSliceError, decode_slice, slice_checksum
 
@@ -107,15 +107,12 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
                                                           attributes={"ctengine": {"complete": False}})
     if not images:
         return {**result, "status": "empty"}
-    shard = _shard.encode_shard([_shard.encode_chunk(image) for image in images])
-    schema.create_raw_array(group, len(images), images[0].shape)
-    fs, base = schema.filesystem(task.url, task.storage_options)
-    schema.put_object(fs, f"{base}/{schema.raw_shard_key(task.patient, task.series)}", shard)
+    stored = schema.write_stack(task.url, task.storage_options, group, np.stack(images))
     attrs = dict(task.attrs, instances=instances, checksums=checksums, quarantined=quarantined)
     scale = schema.series_scale(attrs.get("thickness_mm"), *(attrs.get("spacing_mm") or (None, None)))
     group.attrs.update({**attrs, "ome": schema.ome_multiscales(path, scale=scale),
                         "ctengine": {"complete": True, "plan": task.plan}})
-    return {**result, "status": "written", "bytes_raw": sum(i.nbytes for i in images), "bytes_stored": len(shard)}
+    return {**result, "status": "written", "bytes_raw": sum(i.nbytes for i in images), "bytes_stored": stored}
 
 
 def _completed_attrs(root, path: str, plan: str) -> dict[str, Any] | None:

@@ -35,10 +35,10 @@ RAW = "0"
 TABLE_DIM = "slice"
 
 
-def raw_codec() -> BloscCodec:
-    """The zarr codec matching :func:`ctengine._shard.encode_chunk`."""
+def raw_codec(typesize: int = 2) -> BloscCodec:
+    """The zarr codec matching :func:`ctengine._shard.encode_chunk` (typesize 2: raw, 1: masks)."""
     return BloscCodec(cname=_shard.BLOSC_CNAME, clevel=_shard.BLOSC_CLEVEL, shuffle=_shard.BLOSC_SHUFFLE,
-                      typesize=2, blocksize=0)
+                      typesize=typesize, blocksize=0)
 
 
 def open_root(url: str, *, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
@@ -80,16 +80,40 @@ def series_scale(thickness_mm: float, spacing_y_mm: float, spacing_x_mm: float) 
     return None if any(v is None or not np.isfinite(v) for v in values) else tuple(float(v) for v in values)
 
 
-def create_raw_array(group: zarr.Group, n_slices: int, shape: tuple[int, int]) -> zarr.Array:
-    """(Re)create the raw array of a series: one slice per chunk, the series in one shard."""
-    return group.create_array(RAW, shape=(n_slices, *shape), chunks=(1, *shape), shards=(n_slices, *shape),
-                              dtype=RAW_DTYPE, compressors=[raw_codec()], fill_value=0,
+def create_stack_array(group: zarr.Group, n_slices: int, shape: tuple[int, int], *,
+                       dtype: np.dtype | str = RAW_DTYPE, name: str = RAW) -> zarr.Array:
+    """(Re)create a (z, y, x) array: one slice per chunk, the whole stack in one shard."""
+    dtype = np.dtype(dtype)
+    return group.create_array(name, shape=(n_slices, *shape), chunks=(1, *shape), shards=(n_slices, *shape),
+                              dtype=dtype, compressors=[raw_codec(dtype.itemsize)], fill_value=0,
                               dimension_names=("z", "y", "x"), overwrite=True)
+
+
+def shard_key(array_path: str) -> str:
+    """Store key of the single shard of a stack array (e.g. ``patient1/SR_2/0``)."""
+    return f"{array_path}/c/0/0/0"
 
 
 def raw_shard_key(patient: str, series: str) -> str:
     """Store key of the single shard holding a series' raw stack."""
-    return f"{patient}/{series}/{RAW}/c/0/0/0"
+    return shard_key(f"{patient}/{series}/{RAW}")
+
+
+def write_stack(url: str, storage_options: dict | None, group: zarr.Group, stack: np.ndarray,
+                name: str = RAW) -> int:
+    """Create the array ``name`` in ``group`` and write ``stack`` as one shard; return bytes written."""
+    shard = _shard.encode_shard([_shard.encode_chunk(image) for image in stack])
+    create_stack_array(group, stack.shape[0], stack.shape[1:], dtype=stack.dtype, name=name)
+    fs, base = filesystem(url, storage_options)
+    put_object(fs, f"{base}/{shard_key(f'{group.path}/{name}')}", shard)
+    return len(shard)
+
+
+def read_stack(url: str, storage_options: dict | None, array: zarr.Array) -> np.ndarray:
+    """Read a whole single-shard stack at codec speed (one object read, C decoding)."""
+    fs, base = filesystem(url, storage_options)
+    data = fs.cat_file(f"{base}/{shard_key(array.path)}")
+    return _shard.decode_shard(data, array.shape, dtype=array.dtype)
 
 
 # ---------------------------------------------------------------- tables
@@ -162,10 +186,19 @@ class Store:
 
     @property
     def features(self) -> pd.DataFrame:
-        """Per-slice features written by :func:`ctengine.compute_features`."""
-        if "features" not in self.root:
-            raise ValueError(f"store {self.url!r} has no features yet: run `ctengine features`")
-        return read_table(self.root, "features")
+        """Per-slice features written by :func:`ctengine.compute_features` (one row per slice)."""
+        return self.feature_table("slices")
+
+    def feature_table(self, name: str = "slices") -> pd.DataFrame:
+        """A feature table beside the store: ``slices``, ``series`` or ``patients``."""
+        if name not in ("slices", "series", "patients"):
+            raise ValueError(f"feature table must be slices, series or patients, got {name!r}")
+        fs, base = filesystem(self.url.rstrip("/") + ".features", self.storage_options)
+        path = f"{base}/{name}.parquet"
+        if not fs.exists(path):
+            raise ValueError(f"store {self.url!r} has no features yet: run `ctengine features {self.url}`")
+        with fs.open(path, "rb") as handle:
+            return pd.read_parquet(handle)
 
     def series_keys(self) -> list[tuple[str, str]]:
         """Every stored (patient, series), sorted."""
