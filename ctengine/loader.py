@@ -1,0 +1,313 @@
+"""Zero-copy batches of slices from a store into PyTorch.
+
+Each slice is one compressed chunk inside its series' shard. The loader
+reads the shard indexes once, then for every batch reads the chunks' bytes
+and decompresses each straight into its place in a preallocated batch
+buffer (pinned host memory when CUDA is present); the tensor handed out is
+``torch.from_numpy`` of that buffer, so nothing is copied between
+decompression and the tensor. Buffers are reused round-robin: a batch stays
+valid until ``prefetch + 1`` further batches have been drawn.
+
+On a CUDA device each batch is copied to the GPU once (non-blocking, on a
+side stream, double-buffered), converted and normalised there.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import _shard, store as schema
+from .constants import RAW_DTYPE
+
+CLASSES = ("normal", "covid")  # class index 0, 1
+
+
+def slice_rows(catalog: pd.DataFrame, *, fold: int | None = None, split: str | None = None,
+               selected_only: bool = True, series: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Rows of the catalog to load: a fold's split, selected slices (when known), chosen series.
+
+    The target of a row is its slice label when labelled, else the patient's.
+    """
+    rows = catalog
+    if fold is not None:
+        column = f"fold{fold}"
+        if column not in rows or not (rows[column] != "").any():
+            raise ValueError(f"the catalog has no fold {fold}: make folds first (ctengine.folds)")
+        if split is not None:
+            rows = rows[rows[column].str.split("+").map(lambda parts: split in parts)]
+    if selected_only and "selected" in rows:
+        rows = rows[rows["selected"].astype(bool) | rows["labelled"].astype(bool)]
+    if series is not None:
+        rows = rows[rows["series"].isin(series)]
+    rows = rows.copy()
+    target = rows["slice_label"].where(rows["slice_label"] != "", rows["label"])
+    unknown = sorted(set(target) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"rows without a covid/normal target: {unknown}")
+    rows["target"] = target.map({name: i for i, name in enumerate(CLASSES)}).astype("int64")
+    return rows.reset_index(drop=True)
+
+
+class ChunkReader:
+    """Reads single chunks of single-shard stacks (raw arrays) by byte range."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = os.fspath(url)
+        self.storage_options = storage_options
+        self._fs, self._base = schema.filesystem(self.url, storage_options)
+        self._local = "file" in (self._fs.protocol if isinstance(self._fs.protocol, tuple) else (self._fs.protocol,))
+        self._index: dict[str, np.ndarray] = {}
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _path(self, patient: str, series: str) -> str:
+        return f"{self._base}/{schema.raw_shard_key(patient, series)}"
+
+    def index(self, patient: str, series: str, n_slices: int) -> np.ndarray:
+        """The shard's (offset, nbytes) table, read once."""
+        key = f"{patient}/{series}"
+        if key not in self._index:
+            size = 16 * n_slices + 4
+            tail = self._read(self._path(patient, series), -size, None)
+            self._index[key] = _shard.shard_index(tail, n_slices)
+        return self._index[key]
+
+    def _read(self, path: str, start: int, end: int | None) -> bytes:
+        if not self._local:
+            return self._fs.cat_file(path, start=start, end=end)
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        if start < 0:
+            size = os.fstat(fd).st_size
+            start, end = size + start, size if end is None else end
+        return os.pread(fd, end - start, start)
+
+    def read_into(self, patient: str, series: str, z: int, n_slices: int, out: np.ndarray) -> None:
+        """Decompress slice ``z`` straight into ``out`` (C-contiguous uint16 (y, x))."""
+        offset, nbytes = (int(v) for v in self.index(patient, series, n_slices)[z])
+        _shard.decode_chunk_into(self._read(self._path(patient, series), offset, offset + nbytes), out)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+@dataclass
+class Batch:
+    """One batch: raw uint16 images (N, 1, y, x) sharing the loader's buffer, targets (N,), catalog rows."""
+
+    images: Any
+    targets: Any
+    rows: pd.DataFrame
+
+
+class SliceLoader:
+    """Iterate batches of raw slices from a store, zero-copy, with background prefetch.
+
+    Parameters
+    ----------
+    store : str
+        Store path or fsspec URL.
+    rows : DataFrame
+        What to load (see :func:`slice_rows`): patient, series, z, target.
+    batch_size : int
+    shuffle : bool
+        Shuffle deterministically from ``seed`` and the epoch (:meth:`set_epoch`).
+    drop_last : bool
+    threads : int
+        Decoding threads (blosc releases the GIL).
+    prefetch : int
+        Batches decoded ahead.
+    rank, world_size : int
+        Shard the rows across ``torch.distributed`` ranks (default: from
+        torch.distributed when initialised). Every rank gets the same count.
+    pin_memory : bool, optional
+        Page-locked buffers (default: when CUDA is available).
+    """
+
+    def __init__(self, store: str | os.PathLike, rows: pd.DataFrame, *, batch_size: int = 16, shuffle: bool = False,
+                 seed: int = 0, drop_last: bool = False, threads: int = 2, prefetch: int = 2,
+                 rank: int | None = None, world_size: int | None = None, pin_memory: bool | None = None,
+                 storage_options: dict | None = None):
+        import torch
+
+        if batch_size < 1 or threads < 1 or prefetch < 0:
+            raise ValueError(f"batch_size and threads must be >= 1, prefetch >= 0 "
+                             f"(got {batch_size}, {threads}, {prefetch})")
+        self.rows = rows.reset_index(drop=True)
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.threads, self.prefetch, self.epoch = threads, prefetch, 0
+        self.rank, self.world_size = _distributed(rank, world_size)
+        self.reader = ChunkReader(store, storage_options)
+        self._items = list(zip(self.rows["patient"], self.rows["series"], self.rows["z"].astype(int)))
+        opened = schema.open_store(store, storage_options=storage_options)
+        self._lengths = {k: opened.raw(*k).shape[0] for k in self.rows.groupby(["patient", "series"]).groups}
+        shapes = {opened.raw(*k).shape[1:] for k in self._lengths}
+        if len(shapes) > 1:
+            raise ValueError(f"slices of different shapes cannot share a batch: {sorted(shapes)}")
+        self.shape = shapes.pop() if shapes else (0, 0)
+        pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.buffers = [torch.empty((batch_size, 1, *self.shape), dtype=torch.uint16, pin_memory=pin)
+                        for _ in range(prefetch + 2)]
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ctengine-loader")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the shuffle of the next iteration (same seed and epoch -> same order)."""
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        """Row indices of this rank for the current epoch."""
+        n = len(self.rows)
+        order = np.arange(n)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
+        padded = np.resize(order, per_rank * self.world_size) if n else order
+        return padded[self.rank::self.world_size][:per_rank]
+
+    def __len__(self) -> int:
+        n = len(self.order())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _fill(self, buffer, indices: np.ndarray) -> Batch:
+        import torch
+
+        array = buffer.numpy()
+        rows = self.rows.iloc[indices]
+        parts = np.array_split(np.arange(len(indices)), min(self.threads, len(indices)))
+
+        def work(part: np.ndarray) -> None:
+            for i in part:
+                patient, series, z = self._items[indices[i]]
+                self.reader.read_into(patient, series, z, self._lengths[(patient, series)], array[i, 0])
+
+        list(self._pool.map(work, parts))
+        n = len(indices)
+        return Batch(buffer[:n], torch.from_numpy(np.array(rows["target"], dtype=np.int64)), rows)
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.order()
+        starts = list(range(0, len(order), self.batch_size))
+        if self.drop_last:
+            starts = [s for s in starts if s + self.batch_size <= len(order)]
+        pending: list = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctengine-prefetch") as ahead:
+            for number, start in enumerate(starts):
+                buffer = self.buffers[number % len(self.buffers)]
+                pending.append(ahead.submit(self._fill, buffer, order[start:start + self.batch_size]))
+                if len(pending) > self.prefetch:
+                    yield pending.pop(0).result()
+            for future in pending:
+                yield future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        self.reader.close()
+
+    def __enter__(self) -> "SliceLoader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if rank is None or world_size is None:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return rank, world_size
+
+
+class DeviceLoader:
+    """Wrap a :class:`SliceLoader` for a CUDA device: one host-to-device copy per batch.
+
+    Each batch's uint16 buffer is copied non-blocking on a side stream (the
+    next batch is copied while the current one is used), then converted to
+    float32 on the device. Yields (images float32 (N, 1, y, x) on the
+    device, targets on the device, rows).
+    """
+
+    def __init__(self, loader: SliceLoader, device: str = "cuda"):
+        import torch
+
+        self.loader, self.device = loader, torch.device(device)
+        self.stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+        self.copies = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _to_device(self, batch: Batch):
+        import torch
+
+        if self.stream is None:
+            return batch.images.to(torch.float32), batch.targets, batch.rows, None
+        with torch.cuda.stream(self.stream):
+            images = batch.images.to(self.device, non_blocking=True)
+            targets = batch.targets.to(self.device, non_blocking=True)
+            self.copies += 1
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return images, targets, batch.rows, event
+
+    def __iter__(self):
+        import torch
+
+        staged = None
+        for batch in self.loader:
+            ready = self._to_device(batch)
+            if staged is not None:
+                yield _finish(staged)
+            staged = ready
+        if staged is not None:
+            yield _finish(staged)
+
+
+def _finish(staged):
+    import torch
+
+    images, targets, rows, event = staged
+    if event is not None:
+        torch.cuda.current_stream().wait_event(event)
+        images.record_stream(torch.cuda.current_stream())
+    return images.to(torch.float32), targets, rows
+
+
+class SliceDataset:
+    """A plain ``torch.utils.data.Dataset`` view: item i -> (raw uint16 tensor (1, y, x), target)."""
+
+    def __init__(self, store: str | os.PathLike, rows: pd.DataFrame, *, storage_options: dict | None = None):
+        self.url, self.rows, self.storage_options = os.fspath(store), rows.reset_index(drop=True), storage_options
+        self._reader: ChunkReader | None = None
+        self._lengths: dict[tuple[str, str], int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        if self._reader is None:  # opened lazily: each DataLoader worker process gets its own
+            self._reader = ChunkReader(self.url, self.storage_options)
+            opened = schema.open_store(self.url, storage_options=self.storage_options)
+            self._lengths = {k: opened.raw(*k).shape[0] for k in self.rows.groupby(["patient", "series"]).groups}
+            self._shape = opened.raw(*next(iter(self._lengths))).shape[1:]
+        row = self.rows.iloc[i]
+        key = (row["patient"], row["series"])
+        out = np.empty((1, *self._shape), dtype=RAW_DTYPE)
+        self._reader.read_into(key[0], key[1], int(row["z"]), self._lengths[key], out[0])
+        return torch.from_numpy(out), int(row["target"])
