@@ -158,6 +158,46 @@ def info(store, as_json, storage_options) -> None:
 
 
 @main.command()
+@click.argument("store")
+@click.option("--fold", type=click.IntRange(1, 5), default=1, show_default=True)
+@click.option("--model", type=click.Choice(["small", "resnet50v2-fpn"]), default="small", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lr", type=float, default=None, help="Nadam learning rate (default 1e-3 small, 1e-4 full).")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/fold1", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train(store, fold, model, epochs, batch_size, lr, out, device, seed) -> None:
+    """Train a COVID/normal slice classifier on fold FOLD of STORE."""
+    from .train import train as run_train
+
+    result = run_train(store, fold=fold, model=model, epochs=epochs, batch_size=batch_size, lr=lr, out=out,
+                       device=device, seed=seed)
+    for row in result.history:
+        click.echo("epoch {epoch}: loss {loss:.4f} accuracy {accuracy:.3f} ({slices_per_s:.0f} slices/s)".format(**row)
+                   + (f" validation accuracy {row['val_accuracy']:.3f}" if "val_accuracy" in row else ""))
+    click.echo(f"checkpoint: {result.checkpoint}")
+
+
+@main.command()
+@click.argument("store")
+@click.option("--fold", type=click.IntRange(1, 5), required=True)
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.10, show_default=True,
+              help="Patient is COVID when at least this fraction of its selected SR_2 slices is.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def evaluate(store, fold, checkpoint, out, threshold, device) -> None:
+    """Evaluate CHECKPOINT on the test split of fold FOLD: predictions.csv, metrics.json, plots."""
+    from .evaluate import evaluate as run_evaluate
+    from .metrics import metrics_markdown
+
+    metrics = run_evaluate(store, fold=fold, checkpoint=checkpoint, out=out, threshold=threshold, device=device)
+    click.echo(metrics_markdown(metrics, title=f"Fold {fold}"))
+    click.echo(f"written to {out}/")
+
+
+@main.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default="ctengine-demo", show_default=True)
 @click.option("--patients", type=click.IntRange(min=2), default=12, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -249,7 +249,7 @@ def _write_patient_groups(root, catalog: pd.DataFrame, details: pd.DataFrame | N
         if info is not None and patient in info.index:
             row = info.loc[patient]
             attrs.update({"sex": row.get("sex"), "age_years": row.get("age_years"), "date": row.get("date")})
-        attrs = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in attrs.items()}
+        attrs = {k: _plain(v) for k, v in attrs.items()}
         group = root.require_group(patient)
         if dict(group.attrs) != attrs:
             group.attrs.update(attrs)
@@ -278,7 +278,9 @@ def _plain(value: Any) -> Any:
         return None if np.isnan(value) else float(value)
     if isinstance(value, (np.integer,)):
         return int(value)
-    return value if value != "" else None
+    if value is None or value is pd.NA or value == "":
+        return None
+    return value
 
 
 def _run(tasks: list[SeriesTask], client, *, progress: bool, report: IngestReport) -> list[dict[str, Any]]:
