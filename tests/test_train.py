@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import ctengine
+from ctengine.evaluate import evaluate, evaluation_rows
+from ctengine.train import fold_catalog, train, training_rows
+from conftest import SMALL, make_tree
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, client):
+    root = tmp_path_factory.mktemp("train")
+    spec = [("137covid", f"patient{p}", s, 4) for p in (1, 3, 5, 7, 9) for s in ("SR_2", "SR_3")]
+    spec += [("normal1", f"patient{p}", s, 4) for p in (2, 4, 6, 8, 10, 12) for s in ("SR_2", "SR_3")]
+    make_tree(root / "src", series_spec=tuple(spec), seed=5)
+    ctengine.ingest([root / "src"], root / "s.zarr", client=client, progress=False, shape=SMALL)
+    return root / "s.zarr"
+
+
+def test_generated_folds_are_patient_disjoint_and_cover_every_covid_patient(store):
+    catalog = ctengine.open_store(store).catalog
+    assert (catalog["fold1"] == "").all()
+    tested = []
+    for fold in range(1, 6):
+        folded = fold_catalog(catalog, fold)
+        sides = folded.groupby("patient")[f"fold{fold}"].nunique()
+        assert sides.eq(1).all()  # every series of a patient on the same side
+        test = set(folded.loc[folded[f"fold{fold}"] == "test", "patient"])
+        tested += [p for p in test if folded.loc[folded.patient == p, "label"].iloc[0] == "covid"]
+        assert set(folded.loc[folded[f"fold{fold}"] == "train", "patient"]).isdisjoint(test)
+    assert sorted(tested) == [f"patient{p}" for p in (1, 3, 5, 7, 9)]
+
+
+def test_store_folds_with_a_patient_on_both_sides_are_refused(store):
+    catalog = ctengine.open_store(store).catalog.assign(fold2="train")
+    catalog.loc[0, "fold2"] = "test+train"
+    with pytest.raises(ValueError, match="both sides"):
+        fold_catalog(catalog, 2)
+
+
+def test_train_and_evaluate_write_the_paper_outputs(store, tmp_path):
+    result = train(store, fold=1, epochs=1, batch_size=8, out=tmp_path / "run", progress=False,
+                   input_size=32, threads=1)
+    assert result.checkpoint.exists() and len(result.history) == 1
+    assert np.isfinite(result.history[0]["loss"])
+    metrics = evaluate(store, fold=1, checkpoint=result.checkpoint, out=tmp_path / "eval")
+    predictions = pd.read_csv(tmp_path / "eval/predictions.csv")
+    assert list(predictions.columns) == ["patient", "series", "instance", "label", "probability", "prediction",
+                                         "labelled", "selected"]
+    assert set(predictions["prediction"]) <= {"covid", "normal"} and predictions["probability"].between(0, 1).all()
+    catalog = fold_catalog(ctengine.open_store(store).catalog, 1)
+    assert set(predictions["patient"]) == set(catalog.loc[catalog.fold1 == "test", "patient"])
+    saved = json.loads((tmp_path / "eval/metrics.json").read_text())
+    for key in ("accuracy", "covid_sensitivity", "normal_sensitivity", "patients_correct", "patients_wrong",
+                "covid_correct", "covid_missed", "normal_correct", "normal_called_covid"):
+        assert key in saved
+    assert saved["patients_correct"] + saved["patients_wrong"] == predictions["patient"].nunique()
+    assert (tmp_path / "eval/confusion.png").stat().st_size > 1000 and (tmp_path / "eval/roc.png").exists()
+
+
+def test_evaluation_rows_are_labelled_test_slices_and_selected_sr2(store):
+    catalog = fold_catalog(ctengine.open_store(store).catalog, 1)
+    catalog["selected"] = catalog["instance"].isin([2, 3])
+    catalog.loc[catalog.index[:2], ["labelled", "slice_label"]] = [True, "covid"]
+    rows = evaluation_rows(catalog, 1)
+    test = catalog[catalog.fold1 == "test"]
+    expected = test[test.labelled | ((test.series == "SR_2") & test.selected)]
+    assert len(rows) == len(expected)
+    assert set(rows.loc[~rows.labelled, "series"]) == {"SR_2"}
