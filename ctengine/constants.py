@@ -80,7 +80,7 @@ STATS_PERCENTILES = (10, 25, 50, 75, 90)
 #: lung mask (kernels.lung_mask): raw pixels with HU below LUNG_LOW_HU are
 #: air-like candidates; HU below LUNG_AIR_HU is "pure air" (outside, trachea,
 #: bowel gas, table): a component whose median is below it is not lung
-LUNG_LOW_HU = -500.0
+LUNG_LOW_HU = -400.0
 LUNG_AIR_HU = HU_EMPHYSEMA_BELOW
 #: pixel spacing (mm) assumed for a 512-pixel-wide slice when none is given;
 #: smaller or larger images scale it by 512 / max(height, width)
@@ -91,7 +91,12 @@ LUNG_MIN_AREA_MM2 = 100.0
 LUNG_AIRWAY_MIN_AREA_MM2 = 30.0
 #: half size (mm) of the rectangle of the per-lung closing that brings
 #: pleural lesions back into the mask
-LUNG_CLOSING_MM = 10.0
+LUNG_CLOSING_MM = 15.0
+#: a hole in a lung (or a region the closing adds) that is mostly soft tissue,
+#: HU >= LUNG_TISSUE_HU (liver or spleen dome, heart), stays out of the mask;
+#: holes smaller than LUNG_TISSUE_HOLE_MM2 (vessels) are always filled
+LUNG_TISSUE_HU = 20.0
+LUNG_TISSUE_HOLE_MM2 = 400.0
 #: half width (mm) of the band around the body midline searched for the
 #: column that separates right and left lung
 LUNG_SPLIT_WINDOW_MM = 40.0
