@@ -159,6 +159,27 @@ def info(store, as_json, storage_options) -> None:
 
 @main.command()
 @click.argument("store")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--storage-options", default=None, help="JSON object for fsspec.")
+@with_cluster
+def features(store, device, storage_options, workers, scheduler) -> None:
+    """CT selection, lung masks and HU statistics for every series of STORE."""
+    from .features import compute_features, features_path
+
+    with _client(scheduler, workers) as client:
+        report = compute_features(store, device=device, client=client,
+                                  storage_options=_storage_options(storage_options))
+    click.echo(f"features of {report.slices_computed} slices in {report.series_computed} series "
+               f"({report.series_skipped} already done) in {report.seconds:.1f} s "
+               f"({report.slices_per_second:.0f} slices/s); tables in {features_path(store)}/")
+    for series, reason in report.failed_series:
+        click.echo(f"failed series: {series}: {reason}", err=True)
+    if report.failed_series:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("store")
 @click.option("--fold", type=click.IntRange(1, 5), default=1, show_default=True)
 @click.option("--model", type=click.Choice(["small", "resnet50v2-fpn"]), default="small", show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
@@ -195,6 +216,31 @@ def evaluate(store, fold, checkpoint, out, threshold, device) -> None:
     metrics = run_evaluate(store, fold=fold, checkpoint=checkpoint, out=out, threshold=threshold, device=device)
     click.echo(metrics_markdown(metrics, title=f"Fold {fold}"))
     click.echo(f"written to {out}/")
+
+
+@main.command()
+@click.argument("patient_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.10, show_default=True)
+@click.option("--series", default="SR_2", show_default=True, help="Series folder used for the decision.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def predict(patient_dir, checkpoint, threshold, series, device, as_json) -> None:
+    """Select, classify and decide on one patient's folder of TIFFs."""
+    from .evaluate import predict_patient
+
+    result = predict_patient(patient_dir, checkpoint=checkpoint, threshold=threshold, series=series, device=device)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for row in result["rows"]:
+        verdict = f"{row['prediction']} ({row['probability']:.3f})" if row["selected"] else "not selected"
+        click.echo(f"{row['file']}: dark pixels {row['dark_count']:6d}  {verdict}")
+    for path, reason in result["skipped"]:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    click.echo(f"verdict: {result['verdict'].upper()}: {result['covid_slices']} of {result['selected']} selected "
+               f"slices of {result['series']} predicted COVID ({result['fraction']:.1%}; threshold "
+               f"{result['threshold']:.0%})")
 
 
 @main.command()

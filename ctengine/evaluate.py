@@ -69,3 +69,69 @@ def evaluate(store: str | os.PathLike, *, fold: int, checkpoint: str | os.PathLi
     plot_confusion_matrix(confusion_matrix(labelled["label"], labelled["prediction"]), out_dir / "confusion.png")
     plot_roc(labelled["label"], labelled["probability"], out_dir / "roc.png")
     return metrics
+
+
+def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.PathLike, threshold: float = 0.10,
+                    series: str = DECISION_SERIES, batch_size: int = 16, device: str = "auto") -> dict[str, Any]:
+    """The fully automated path on one patient's folder of TIFFs: selection, classification, decision.
+
+    ``patient_dir`` holds ``SR_k`` folders (``series`` is used) or the TIFFs
+    of one series. Unreadable files are skipped and listed.
+
+    Returns
+    -------
+    dict
+        verdict ("covid"/"normal"), series, slices, selected, covid_slices,
+        fraction, threshold, skipped [(file, reason)], and per-slice rows
+        (file, instance, selected, dark_count, probability, prediction).
+    """
+    import torch
+
+    from .kernels import select_slices
+    from .layout import parse_name
+    from .model import load_checkpoint
+    from .tiffio import BadSliceError, decode_slice
+
+    folder = Path(patient_dir)
+    if (folder / series).is_dir():
+        folder = folder / series
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    images, names, instances, skipped = [], [], [], []
+    for path in files:
+        try:
+            images.append(decode_slice(path.read_bytes(), shape=None))
+        except (BadSliceError, OSError) as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        names.append(path.name)
+        key = parse_name(f"g/patient0/{series}/{path.name}")
+        instances.append(key.instance if key else len(instances) + 1)
+    if not images:
+        raise ValueError(f"no readable slice in {folder}")
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise ValueError(f"slices of {folder} differ in shape: {sorted(shapes)}")
+    order = np.argsort(instances, kind="stable")
+    stack = np.stack([images[i] for i in order])
+    selection = select_slices(stack)
+    net, _ = load_checkpoint(checkpoint, map_location=_device(device))
+    net.eval()
+    device_ = next(net.parameters()).device
+    probability = np.full(len(stack), np.nan)
+    chosen = np.flatnonzero(selection.keep)
+    with torch.inference_mode():
+        for start in range(0, len(chosen), batch_size):
+            part = chosen[start:start + batch_size]
+            batch = torch.from_numpy(stack[part][:, None]).to(device_).to(torch.float32)
+            probability[part] = torch.softmax(net(batch).float(), 1)[:, 1].cpu().numpy()
+    covid = int(np.sum(probability[chosen] >= 0.5))
+    fraction = covid / len(chosen) if len(chosen) else float("nan")
+    return {"verdict": "covid" if len(chosen) and fraction >= threshold else "normal", "series": folder.name,
+            "slices": int(len(stack)), "selected": int(len(chosen)), "covid_slices": covid, "fraction": fraction,
+            "threshold": threshold, "skipped": skipped,
+            "rows": [{"file": names[i], "instance": int(instances[i]), "selected": bool(selection.keep[z]),
+                      "dark_count": int(selection.counts[z]),
+                      "probability": None if np.isnan(probability[z]) else float(probability[z]),
+                      "prediction": None if np.isnan(probability[z]) else
+                      ("covid" if probability[z] >= 0.5 else "normal")}
+                     for z, i in enumerate(order)]}

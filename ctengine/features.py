@@ -1,0 +1,207 @@
+"""The feature pipeline over a store: one Dask task per series.
+
+Per series: read the raw stack (one shard, C decoding), the authors' CT
+selection, lung masks, HU statistics; masks go back into the store as
+OME-Zarr labels (``<patient>/<series>/labels/lung/0``), per-slice features
+into ``<patient>/<series>/labels/lung/features`` (a table). When every
+series is done the client writes the selection into the catalog and the
+feature tables (slices, series, patients) as Parquet beside the store
+(``<store>.features/``). A series is skipped when its labels are complete
+for the same raw data, so an interrupted run resumes; a failing series is
+reported and the rest completes.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import store as schema
+
+LABELS = "labels"
+LUNG = "lung"
+LUNG_COLORS = [{"label-value": 1, "rgba": [230, 80, 60, 255]}, {"label-value": 2, "rgba": [60, 120, 230, 255]}]
+
+
+@dataclass
+class FeatureReport:
+    """What a feature run did."""
+
+    store: str
+    series_computed: int = 0
+    series_skipped: int = 0
+    slices: int = 0
+    slices_computed: int = 0
+    seconds: float = 0.0
+    failed_series: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def slices_per_second(self) -> float:
+        return self.slices_computed / self.seconds if self.seconds else float("nan")
+
+
+def features_path(url: str) -> str:
+    """Folder of the Parquet feature tables beside a store."""
+    return url.rstrip("/") + ".features"
+
+
+def series_features(raw: Any, *, spacing: tuple[float, float] | None, slope: float, intercept: float):
+    """Selection, lung mask and HU statistics of one series (numpy or cupy in, same kind out).
+
+    Returns ``(mask, table)``: the uint8 lung mask (z, y, x) and a DataFrame
+    with one row per slice (selection flags and counts, statistics).
+    """
+    from .kernels import hu_stats, lung_mask, select_slices, select_slices_by_lung_area, stats_to_frame
+
+    selection = select_slices(raw)
+    mask = lung_mask(raw, spacing=spacing, slope=slope, intercept=intercept)
+    by_area = select_slices_by_lung_area(mask, spacing_mm=spacing) if spacing else None
+    stats = hu_stats(raw, mask, spacing=spacing, slope=slope, intercept=intercept)
+    table = stats_to_frame(_to_host(stats))
+    table.insert(0, "dark_count", _to_host(selection.counts))
+    table.insert(0, "selected", _to_host(selection.keep))
+    table.insert(2, "selected_by_area", _to_host(by_area.keep) if by_area else False)
+    return mask, table
+
+
+def _to_host(value: Any) -> Any:
+    """numpy from cupy (dicts and arrays); numpy stays as is."""
+    if isinstance(value, dict):
+        return {k: _to_host(v) for k, v in value.items()}
+    return value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else np.asarray(value)
+
+
+def compute_series(url: str, storage_options: dict | None, patient: str, series: str,
+                   device: str = "cpu") -> dict[str, Any]:
+    """Compute and store the features of one series; skip if already complete for this raw data."""
+    root = schema.open_root(url, mode="a", storage_options=storage_options)
+    group = root[f"{patient}/{series}"]
+    attrs = dict(group.attrs)
+    plan = attrs["ctengine"]["plan"]
+    done = _complete_lung(group, plan)
+    if done is not None:
+        return {"patient": patient, "series": series, "status": "skipped", "table": done}
+    raw = schema.read_stack(url, storage_options, group[schema.RAW])
+    if device == "gpu":
+        import cupy
+
+        raw = cupy.asarray(raw)
+    spacing = tuple(attrs["spacing_mm"]) if attrs.get("spacing_mm") else None
+    mask, table = series_features(raw, spacing=spacing, slope=attrs.get("slope") or 1.0,
+                                  intercept=attrs.get("intercept") if attrs.get("intercept") is not None else -1024.0)
+    mask = _to_host(mask)
+    table.insert(0, "instance", np.asarray(attrs["instances"], dtype=np.int64))
+    _write_lung(url, storage_options, group, mask, table, plan, attrs)
+    return {"patient": patient, "series": series, "status": "computed", "table": table}
+
+
+def _complete_lung(group, plan: str) -> pd.DataFrame | None:
+    try:
+        lung = group[f"{LABELS}/{LUNG}"]
+        state = lung.attrs.get("ctengine", {})
+        if state.get("complete") and state.get("plan") == plan:
+            return schema.read_table(lung, "features")
+    except Exception:  # missing or half-written: compute again
+        return None
+    return None
+
+
+def _write_lung(url: str, storage_options: dict | None, group, mask: np.ndarray, table: pd.DataFrame,
+                plan: str, attrs: dict) -> None:
+    labels = group.require_group(LABELS)
+    labels.attrs.update({"ome": {"version": "0.5", "labels": [LUNG]}})
+    lung = labels.create_group(LUNG, overwrite=True, attributes={"ctengine": {"complete": False}})
+    schema.write_stack(url, storage_options, lung, mask.astype(np.uint8, copy=False))
+    schema.write_table(lung, "features", table)
+    scale = schema.series_scale(attrs.get("thickness_mm"), *(attrs.get("spacing_mm") or (None, None)))
+    ome = schema.ome_multiscales(f"{group.path}/{LABELS}/{LUNG}", scale=scale)
+    ome["image-label"] = {"version": "0.5", "colors": LUNG_COLORS, "source": {"image": "../../"}}
+    lung.attrs.update({"ome": ome, "ctengine": {"complete": True, "plan": plan}})
+
+
+def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=None,
+                     storage_options: dict | None = None, progress: bool = True) -> FeatureReport:
+    """Compute selection, lung masks and HU statistics for every series of a store.
+
+    Parameters
+    ----------
+    store : str
+        Store path or fsspec URL.
+    device : {"cpu", "gpu"}
+        Numba CPU kernels, or CUDA kernels on CuPy arrays on the workers' GPU.
+    client : distributed.Client, optional
+        Default: a LocalCluster sized to the machine.
+
+    Returns
+    -------
+    FeatureReport
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from .cluster import dask_client
+
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    url = os.fspath(store)
+    started = time.perf_counter()
+    opened = schema.open_store(url, storage_options=storage_options)
+    catalog = opened.catalog
+    sizes = catalog.groupby(["patient", "series"]).size()
+    report = FeatureReport(store=url, slices=len(catalog))
+    tables = []
+    owned = contextlib.nullcontext(client) if client is not None else dask_client()
+    with owned as active, tqdm(total=len(catalog), unit="slice", desc="features", disable=not progress) as bar:
+        futures = [active.submit(compute_series, url, storage_options, p, s, device, key=f"features-{p}-{s}",
+                                 retries=2, pure=False) for p, s in sizes.index]
+        keys = dict(zip([f.key for f in futures], sizes.index))
+        for future in as_completed(futures):
+            patient, series = keys[future.key]
+            bar.update(int(sizes[(patient, series)]))
+            try:
+                result = future.result()
+            except Exception as exc:
+                report.failed_series.append((f"{patient}/{series}", f"{type(exc).__name__}: {exc}"))
+                continue
+            if result["status"] == "computed":
+                report.series_computed += 1
+                report.slices_computed += len(result["table"])
+            else:
+                report.series_skipped += 1
+            tables.append(result["table"].assign(patient=patient, series=series))
+    if tables:
+        _write_outputs(url, storage_options, opened, pd.concat(tables, ignore_index=True))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _write_outputs(url: str, storage_options: dict | None, opened: schema.Store, slices: pd.DataFrame) -> None:
+    """Selection into the catalog; slice, series and patient tables as Parquet beside the store."""
+    from .kernels import aggregate_patient, aggregate_series
+
+    key = ["patient", "series", "instance"]
+    front = key + [c for c in ("selected", "selected_by_area", "dark_count") if c in slices]
+    slices = slices[front + [c for c in slices.columns if c not in front]].sort_values(key, ignore_index=True)
+    catalog = opened.catalog.drop(columns=[c for c in ("selected", "selected_by_area", "dark_count")
+                                           if c in opened.catalog])
+    catalog = catalog.merge(slices[front], on=key, how="left")
+    for column in ("selected", "selected_by_area"):
+        catalog[column] = catalog[column].fillna(False).astype(bool)
+    catalog["dark_count"] = catalog["dark_count"].fillna(-1).astype("int64")
+    root = schema.open_root(url, mode="a", storage_options=storage_options)
+    schema.write_table(root, "catalog", catalog)
+    thickness = catalog.groupby(["patient", "series"])["thickness_mm"].first()
+    labels = catalog.groupby("patient")["label"].first()
+    series_table = aggregate_series(slices, thickness_mm=thickness)
+    patient_table = aggregate_patient(series_table, labels=labels)
+    fs, base = schema.filesystem(features_path(url), storage_options)
+    fs.makedirs(base, exist_ok=True)
+    for name, table in (("slices", slices), ("series", series_table), ("patients", patient_table)):
+        with fs.open(f"{base}/{name}.parquet", "wb") as handle:
+            table.to_parquet(handle, index=False)
+
