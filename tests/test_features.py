@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import zarr
+
+import ctengine
+from ctengine.features import compute_features, features_path
+from ctengine.kernels import select_slices
+from ctengine.synth import write_cohort
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, client):
+    root = tmp_path_factory.mktemp("features")
+    write_cohort(root / "src", patients=2, slices_per_series=8, seed=4, progress=False, workers=1)
+    ctengine.ingest([root / "src"], root / "s.zarr", client=client, progress=False)
+    report = compute_features(root / "s.zarr", client=client, progress=False)
+    assert report.series_computed == 6 and not report.failed_series
+    return root / "s.zarr"
+
+
+def test_masks_are_ome_zarr_labels_readable_with_plain_zarr(store):
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    root = zarr.open_group(store, mode="r")
+    raw, lung = root["patient1/SR_2/0"], root["patient1/SR_2/labels/lung/0"]
+    assert lung.shape == raw.shape and lung.dtype == np.uint8 and set(np.unique(lung[:])) <= {0, 1, 2}
+    assert root["patient1/SR_2/labels"].attrs["ome"]["labels"] == ["lung"]
+    ImageLabel.from_zarr(root["patient1/SR_2/labels/lung"])
+
+
+def test_masks_match_the_phantom_truth(store):
+    truth = zarr.open_group(store.parent / "src/truth.zarr", mode="r")
+    root = zarr.open_group(store, mode="r")
+    for patient in ("patient1", "patient2"):
+        mask, expected = root[f"{patient}/SR_2/labels/lung/0"][:], truth[f"{patient}/SR_2/lung"][:]
+        both = (mask > 0) & (expected > 0)
+        dice = 2 * both.sum() / ((mask > 0).sum() + (expected > 0).sum())
+        assert dice > 0.9
+
+
+def test_selection_lands_in_the_catalog_and_equals_the_kernel(store):
+    opened = ctengine.open_store(store)
+    catalog = opened.catalog
+    for (patient, series), rows in catalog.groupby(["patient", "series"]):
+        expected = select_slices(opened.raw(patient, series)[:])
+        assert rows.sort_values("z")["selected"].tolist() == expected.keep.tolist()
+        assert rows.sort_values("z")["dark_count"].tolist() == expected.counts.tolist()
+    assert catalog["selected"].any() and not catalog["selected"].all()
+
+
+def test_feature_tables(store):
+    opened = ctengine.open_store(store)
+    slices = opened.features
+    assert len(slices) == len(opened.catalog) and {"mean", "opacity_pct", "hist_63"} <= set(slices.columns)
+    lung = slices[slices["count"] > 500]
+    assert lung["mean"].between(-950, -600).all()
+    patients = opened.feature_table("patients")
+    assert sorted(patients["patient"]) == ["patient1", "patient2"] and (patients["lung_volume_l"] > 0).all()
+    assert (features_path(str(store)) + "/series.parquet")
+
+
+def test_second_run_skips_and_a_broken_series_is_reported(store, client, tmp_path):
+    again = compute_features(store, client=client, progress=False)
+    assert again.series_skipped == 6 and again.series_computed == 0
+    root = zarr.open_group(store, mode="a")
+    del root["patient2/SR_4/labels"]
+    shard = store / "patient2/SR_4/0/c/0/0/0"
+    saved = shard.read_bytes()
+    shard.write_bytes(saved[:100])
+    try:
+        broken = compute_features(store, client=client, progress=False)
+    finally:
+        shard.write_bytes(saved)
+    assert [s for s, _ in broken.failed_series] == ["patient2/SR_4"] and broken.series_skipped == 5
