@@ -245,39 +245,17 @@ def predict(patient_dir, checkpoint, threshold, series, device, as_json) -> None
 
 @main.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default="ctengine-demo", show_default=True)
-@click.option("--patients", type=click.IntRange(min=2), default=12, show_default=True)
+@click.option("--patients", type=click.IntRange(min=4), default=16, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @with_cluster
-def demo(workdir, patients, seed, workers, scheduler) -> None:
-    """Run the pipeline on a synthetic cohort: synth -> ingest -> verify -> info."""
-    from .ingestion import ingest as run_ingest
-    from .summary import store_info
-    from .synth import write_cohort
-    from .verify import verify as run_verify
+def demo(workdir, patients, epochs, seed, workers, scheduler) -> None:
+    """The whole pipeline on a synthetic cohort: synth, ingest, features, train, evaluate, report."""
+    from .demo import run_demo
 
-    work = Path(workdir)
-    source, store = work / "covid-ctset", work / "store.zarr"
-    stages = {}
-    started = time.perf_counter()
-    click.echo(f"[1/4] synth: {patients} patients -> {source}")
-    summary = write_cohort(source, patients=patients, seed=seed)
-    stages["synth"] = summary.slices / max(summary.seconds, 1e-9)
-    with _client(scheduler, workers) as client:
-        click.echo(f"[2/4] ingest -> {store}")
-        report = run_ingest([source], store, client=client)
-        _print_ingest(report)
-        stages["ingest"] = report.slices_per_second
-        click.echo("[3/4] verify against the sources")
-        checked = run_verify(store, sources=[source], client=client)
-        click.echo(f"      {checked.slices_checked} slices, {len(checked.mismatches)} mismatches")
-    click.echo("[4/4] info")
-    counts = store_info(store)
-    for label, row in counts["labels"].items():
-        click.echo(f"      {label:8s} {row['patients']} patients, {row['series']} series, {row['slices']} slices")
-    click.echo(f"done in {time.perf_counter() - started:.1f} s; throughput (slices/s): "
-               + ", ".join(f"{k} {v:.0f}" for k, v in stages.items() if v == v))
-    click.echo(f"store: {store.resolve()}")
-    if not checked.ok:
+    result = run_demo(workdir, patients=patients, epochs=epochs, seed=seed, workers=workers, scheduler=scheduler,
+                      echo=click.echo)
+    if not result["ok"]:
         sys.exit(1)
 
 

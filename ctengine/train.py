@@ -137,7 +137,8 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
                 seen += len(targets)
                 loss_sum += float(loss.detach()) * len(targets)
                 correct += int((logits.argmax(1) == targets).sum())
-            row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+            row = {"epoch": epoch + 1, "slices": seen, "loss": loss_sum / max(seen, 1),
+                   "accuracy": correct / max(seen, 1),
                    "slices_per_s": seen / (time.perf_counter() - started)}
             if validation is not None and len(validation):
                 probabilities = predict_rows(net, store, validation, batch_size=batch_size, threads=threads)
