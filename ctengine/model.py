@@ -1,0 +1,477 @@
+"""Slice classifier: ResNet50V2 backbone with a concatenating feature pyramid.
+
+The network of Rahimzadeh et al. (2021) in plain PyTorch. A Keras-style
+ResNetV2 backbone (pre-activation bottlenecks, the stride in the last block
+of a stage, stage outputs 256/512/1024/2048 channels) feeds a feature
+pyramid whose top-down path *concatenates* the upsampled coarser map with
+the lateral 1 x 1 projection instead of adding them. Five pyramid levels
+(P3..P7, as in the authors' code) are each classified by a small head; the
+five pairs of outputs are concatenated and classified again by a final
+dense layer.
+
+Input: (N, 1, H, W) slices in raw units (uint16 = HU + 1024, any integer or
+float dtype). The model converts integer input to float32, normalises it on
+the device (``config["normalization"]``), resizes it to
+``config["input_size"]`` if that is set (box average for an integer shrink
+factor such as 512 -> 128, antialiased bilinear otherwise), and returns
+logits (N, 2): column ``CLASS_NORMAL`` (0) is normal, ``CLASS_COVID`` (1)
+is COVID, so ``softmax(logits, 1)[:, CLASS_COVID]`` is the COVID
+probability.
+
+Sizes: "resnet50v2-fpn" has 33.3 M parameters (backbone 23,513,088, the
+Keras ResNet50V2 count for one input channel; pyramid 9.8 M); "small" has
+0.28 M.
+
+Deviations from the authors' Keras code, all documented in ``build_model``:
+all 3 x 3 pyramid convolutions use "same" padding (P3 and P4 used "valid");
+the default heads pool globally instead of flattening (``head="flatten"``
+restores the flattening heads for a fixed input size); weights start from
+PyTorch's default initialisation, not ImageNet.
+
+References
+----------
+Rahimzadeh M, Attar A, Sakhaei SM. A fully automated deep learning-based
+network for detecting COVID-19 from a new and large lung CT scan dataset.
+Biomed Signal Process Control 2021;68:102588.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .constants import (CLASS_COVID, CLASS_NAMES, CLASS_NORMAL, FIXED_DIVISOR_RAW, HU_OFFSET,
+                        LUNG_WINDOW_HU)
+
+__all__ = [
+    "ARCHITECTURES", "CLASS_COVID", "CLASS_NAMES", "CLASS_NORMAL", "NORMALIZATIONS",
+    "FPNClassifier", "build_model", "load_checkpoint", "normalize", "parameter_count",
+    "save_checkpoint",
+]
+
+#: normalisations applied on the device before the network (see `normalize`)
+NORMALIZATIONS = ("none", "max", "fixed", "window")
+#: head kinds: global average pooling or flattening (fixed input size)
+HEADS = ("pool", "flatten")
+#: pyramid levels, in the order their heads are concatenated
+LEVELS = ("P3", "P4", "P5", "P6", "P7")
+#: stride of each of the four backbone stages (Keras ResNet50V2: 2, 2, 2, 1)
+_STAGE_STRIDES = (2, 2, 2, 1)
+_BN_EPS = 1.001e-5  # Keras ResNetV2
+CHECKPOINT_FORMAT = "ctengine.model/1"
+
+_COMMON: dict[str, Any] = {
+    "in_channels": 1,
+    "num_classes": 2,
+    "normalization": "max",
+    "norm_constant": FIXED_DIVISOR_RAW,
+    "window_hu": list(LUNG_WINDOW_HU),
+    "head": "pool",
+    "dropout": 0.5,
+    "bn_momentum": 0.01,  # Keras momentum 0.99 in PyTorch's convention
+}
+#: default configuration of every named architecture
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "resnet50v2-fpn": {**_COMMON, "stem_channels": 64, "widths": [256, 512, 1024, 2048],
+                       "blocks": [3, 4, 6, 3], "fpn_channels": 256, "input_size": None},
+    "small": {**_COMMON, "stem_channels": 16, "widths": [32, 64, 128, 256],
+              "blocks": [1, 1, 1, 1], "fpn_channels": 32, "input_size": 128,
+              "bn_momentum": 0.1},
+}
+
+
+def normalize(x: torch.Tensor, *, mode: str = "max", constant: float = FIXED_DIVISOR_RAW,
+              window_hu: tuple[float, float] = LUNG_WINDOW_HU,
+              hu_offset: float = HU_OFFSET) -> torch.Tensor:
+    """Normalise raw slices on their device.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Float tensor (N, C, H, W) in raw units (raw = HU + ``hu_offset``).
+    mode : {"none", "max", "fixed", "window"}
+        "none": unchanged (the authors fed raw values). "max": each image
+        divided by its own maximum, ``float32(x / max(x))`` as the dataset's
+        viewer does; an image whose maximum is <= 0 becomes all zeros.
+        "fixed": ``x / constant``. "window": lung window, HU clipped to
+        ``[centre - width/2, centre + width/2]`` and scaled to [0, 1].
+    constant : float
+        Divisor of "fixed" (raw units).
+    window_hu : (float, float)
+        (centre, width) of "window" in HU.
+    hu_offset : float
+        raw - HU.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape, dtype and device as `x`.
+
+    Examples
+    --------
+    >>> raw = torch.tensor([[[[0.0, 424.0, 1174.0, 2000.0]]]])
+    >>> normalize(raw, mode="window")
+    tensor([[[[0.2173, 0.5000, 1.0000, 1.0000]]]])
+    >>> normalize(raw, mode="max")
+    tensor([[[[0.0000, 0.2120, 0.5870, 1.0000]]]])
+    """
+    if not torch.is_floating_point(x):
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if mode == "none":
+        return x
+    if mode == "max":
+        peak = x.amax(dim=(1, 2, 3), keepdim=True)
+        positive = peak > 0
+        # x / max(x), the same float32 division as the viewer; 0 where max <= 0
+        return (x / torch.where(positive, peak, torch.ones_like(peak))).masked_fill_(~positive, 0.0)
+    if mode == "fixed":
+        if not constant > 0:
+            raise ValueError(f"constant must be > 0, got {constant!r}")
+        return x / constant
+    if mode == "window":
+        centre, width = (float(v) for v in window_hu)
+        if not width > 0:
+            raise ValueError(f"window width must be > 0 HU, got {width!r}")
+        low = centre - width / 2 + hu_offset  # in raw units
+        return (x - low).div_(width).clamp_(0.0, 1.0)
+    raise ValueError(f"mode must be one of {NORMALIZATIONS}, got {mode!r}")
+
+
+def _bn(channels: int, momentum: float) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=_BN_EPS, momentum=momentum)
+
+
+class PreActBottleneck(nn.Module):
+    """Keras ResNetV2 ``block2``: BN-ReLU, 1x1, 3x3 (strided), 1x1, plus shortcut."""
+
+    def __init__(self, in_channels: int, filters: int, *, stride: int = 1,
+                 conv_shortcut: bool = False, bn_momentum: float = 0.01) -> None:
+        super().__init__()
+        out = 4 * filters
+        if not conv_shortcut and in_channels != out:
+            raise ValueError(f"identity shortcut needs in_channels == {out}, got {in_channels}")
+        self.stride = stride
+        self.preact_bn = _bn(in_channels, bn_momentum)
+        self.shortcut = nn.Conv2d(in_channels, out, 1, stride=stride) if conv_shortcut else None
+        self.conv1 = nn.Conv2d(in_channels, filters, 1, bias=False)
+        self.bn1 = _bn(filters, bn_momentum)
+        self.conv2 = nn.Conv2d(filters, filters, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = _bn(filters, bn_momentum)
+        self.conv3 = nn.Conv2d(filters, out, 1)
+
+    def preact(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's pre-activation BN-ReLU (a pyramid tap in the authors' model)."""
+        return F.relu(self.preact_bn(x))
+
+    def forward(self, x: torch.Tensor, preact: torch.Tensor | None = None) -> torch.Tensor:
+        p = self.preact(x) if preact is None else preact
+        if self.shortcut is not None:
+            short = self.shortcut(p)
+        elif self.stride > 1:
+            short = x[:, :, ::self.stride, ::self.stride]  # Keras MaxPooling2D(1, stride)
+        else:
+            short = x
+        y = F.relu(self.bn1(self.conv1(p)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        return short + self.conv3(y)
+
+
+class ResNetV2Backbone(nn.Module):
+    """Stem (7x7/2 conv, 3x3/2 max pool) and four pre-activation stages.
+
+    `forward` returns the authors' taps: C3 = pre-activation of the first
+    block of stage 3 (stride 16), C4 = the same for stage 4 (stride 32),
+    C5 = the final BN-ReLU (stride 32).
+    """
+
+    def __init__(self, *, in_channels: int, stem_channels: int, widths: list[int],
+                 blocks: list[int], bn_momentum: float = 0.01) -> None:
+        super().__init__()
+        if len(widths) != 4 or len(blocks) != 4:
+            raise ValueError(f"widths and blocks need 4 stages, got {widths!r}, {blocks!r}")
+        if any(w % 4 or w <= 0 for w in widths) or any(b < 1 for b in blocks):
+            raise ValueError(f"widths must be positive multiples of 4 and blocks >= 1, "
+                             f"got {widths!r}, {blocks!r}")
+        self.stem = nn.Conv2d(in_channels, stem_channels, 7, stride=2, padding=3)
+        self.stages = nn.ModuleList()
+        ch = stem_channels
+        for width, n, stride in zip(widths, blocks, _STAGE_STRIDES):
+            stage = nn.ModuleList(
+                PreActBottleneck(ch if i == 0 else width, width // 4,
+                                 stride=stride if i == n - 1 else 1, conv_shortcut=i == 0,
+                                 bn_momentum=bn_momentum)
+                for i in range(n))
+            self.stages.append(stage)
+            ch = width
+        self.post_bn = _bn(ch, bn_momentum)
+        self.channels = (widths[1], widths[2], widths[3])  # C3, C4, C5
+
+    @staticmethod
+    def _run(stage: nn.ModuleList, x: torch.Tensor, preact: torch.Tensor | None = None) -> torch.Tensor:
+        x = stage[0](x, preact)
+        for block in stage[1:]:
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.stem(x)
+        x = F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 3, stride=2)  # Keras zero-pads before pooling
+        x = self._run(self.stages[0], x)
+        x = self._run(self.stages[1], x)
+        c3 = self.stages[2][0].preact(x)
+        x = self._run(self.stages[2], x, c3)
+        c4 = self.stages[3][0].preact(x)
+        x = self._run(self.stages[3], x, c4)
+        c5 = F.relu(self.post_bn(x))
+        return c3, c4, c5
+
+
+class ConcatFPN(nn.Module):
+    """Feature pyramid whose top-down path concatenates instead of adding.
+
+    M5 = lat5(C5); M4 = cat(up(M5), lat4(C4)) (2F channels);
+    M3 = cat(up(M4), lat3(C3)) (3F channels); P5, P4, P3 = 3x3 convs of
+    M5, M4, M3 to F channels; P6 = 3x3/2 conv of C5; P7 = 3x3/2 conv of
+    ReLU(P6). Upsampling is nearest-neighbour to the finer map's size.
+    """
+
+    def __init__(self, in_channels: tuple[int, int, int], features: int) -> None:
+        super().__init__()
+        c3, c4, c5 = in_channels
+        f = features
+        self.lat5 = nn.Conv2d(c5, f, 1)
+        self.lat4 = nn.Conv2d(c4, f, 1)
+        self.lat3 = nn.Conv2d(c3, f, 1)
+        self.out5 = nn.Conv2d(f, f, 3, padding=1)
+        self.out4 = nn.Conv2d(2 * f, f, 3, padding=1)
+        self.out3 = nn.Conv2d(3 * f, f, 3, padding=1)
+        self.p6 = nn.Conv2d(c5, f, 3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(f, f, 3, stride=2, padding=1)
+
+    def forward(self, c3: torch.Tensor, c4: torch.Tensor, c5: torch.Tensor) -> dict[str, torch.Tensor]:
+        m5 = self.lat5(c5)
+        m4 = torch.cat([F.interpolate(m5, size=c4.shape[-2:], mode="nearest"), self.lat4(c4)], 1)
+        m3 = torch.cat([F.interpolate(m4, size=c3.shape[-2:], mode="nearest"), self.lat3(c3)], 1)
+        p6 = self.p6(c5)
+        return {"M5": m5, "M4": m4, "M3": m3, "P3": self.out3(m3), "P4": self.out4(m4),
+                "P5": self.out5(m5), "P6": p6, "P7": self.p7(F.relu(p6))}
+
+
+class _LevelHead(nn.Module):
+    """Pool (or flatten), dropout, dense to the class count, ReLU (as the authors)."""
+
+    def __init__(self, in_features: int, num_classes: int, *, flatten: bool, dropout: float) -> None:
+        super().__init__()
+        self.flatten = flatten
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(x, 1) if self.flatten else x.mean(dim=(2, 3))
+        return F.relu(self.dense(self.dropout(x)))
+
+
+def _level_sizes(size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """Spatial size of P3..P7 for an (H, W) network input (each stride-2 step is ceil)."""
+    def down(n: int, k: int) -> int:
+        for _ in range(k):
+            n = math.ceil(n / 2)
+        return n
+    return {lvl: (down(size[0], k), down(size[1], k))
+            for lvl, k in zip(LEVELS, (4, 5, 5, 6, 7))}
+
+
+def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Resize (N, C, H, W) to `hw`: box average for integer shrink factors, else bilinear."""
+    h, w = x.shape[-2:]
+    if (h, w) == hw:
+        return x
+    if h % hw[0] == 0 and w % hw[1] == 0 and h // hw[0] == w // hw[1]:
+        return F.avg_pool2d(x, h // hw[0])
+    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False,
+                         antialias=hw[0] < h or hw[1] < w)
+
+
+class FPNClassifier(nn.Module):
+    """Backbone + concatenating FPN + five level heads + final dense layer.
+
+    Build it with `build_model`; ``.config`` is a plain JSON-compatible dict.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = dict(config)
+        c = self.config
+        self.backbone = ResNetV2Backbone(in_channels=c["in_channels"], stem_channels=c["stem_channels"],
+                                         widths=c["widths"], blocks=c["blocks"],
+                                         bn_momentum=c["bn_momentum"])
+        f = c["fpn_channels"]
+        self.fpn = ConcatFPN(self.backbone.channels, f)
+        flatten = c["head"] == "flatten"
+        sizes = _level_sizes(self._input_hw()) if flatten else None
+        self.heads = nn.ModuleList(
+            _LevelHead(f * (sizes[lvl][0] * sizes[lvl][1] if flatten else 1), c["num_classes"],
+                       flatten=flatten, dropout=c["dropout"]) for lvl in LEVELS)
+        self.classifier = nn.Linear(len(LEVELS) * c["num_classes"], c["num_classes"])
+
+    def _input_hw(self) -> tuple[int, int]:
+        s = self.config["input_size"]
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw (N, C, H, W) slices -> float, normalised, resized network input."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
+            raise ValueError(f"x must be (N, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
+        if not torch.is_floating_point(x):
+            x = x.to(torch.float32)
+        c = self.config
+        x = normalize(x, mode=c["normalization"], constant=c["norm_constant"],
+                      window_hu=tuple(c["window_hu"]))
+        if c["input_size"] is not None:
+            x = _resize(x, self._input_hw())
+        return x
+
+    def pyramid(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Backbone taps (C3, C4, C5), merged maps (M3..M5) and levels (P3..P7) of raw `x`."""
+        c3, c4, c5 = self.backbone(self.prepare(x))
+        return {"C3": c3, "C4": c4, "C5": c5, **self.fpn(c3, c4, c5)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) of raw slices (N, C, H, W); column 1 is COVID."""
+        levels = self.fpn(*self.backbone(self.prepare(x)))
+        per_level = [head(levels[lvl]) for lvl, head in zip(LEVELS, self.heads)]
+        return self.classifier(torch.cat(per_level, 1))
+
+
+def _plain_config(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+    config = {"name": name, **ARCHITECTURES[name]}
+    unknown = sorted(set(overrides) - set(config))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown!r}; known: {sorted(config)}")
+    config.update(overrides)
+    for key in ("widths", "blocks", "window_hu"):
+        config[key] = list(config[key])
+    if isinstance(config["input_size"], (tuple, list)):
+        config["input_size"] = [int(v) for v in config["input_size"]]
+    if config["normalization"] not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {config['normalization']!r}")
+    if config["head"] not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {config['head']!r}")
+    if config["head"] == "flatten" and config["input_size"] is None:
+        raise ValueError("head='flatten' needs a fixed input_size (for example 512)")
+    if not 0.0 < float(config["bn_momentum"]) <= 1.0:
+        raise ValueError(f"bn_momentum must be in (0, 1], got {config['bn_momentum']!r}")
+    if not 0.0 <= float(config["dropout"]) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {config['dropout']!r}")
+    return json.loads(json.dumps(config))  # plain JSON types only
+
+
+def build_model(name: str = "small", *, seed: int | None = None, **config: Any) -> FPNClassifier:
+    """Build a classifier by name, with configuration overrides.
+
+    Parameters
+    ----------
+    name : {"small", "resnet50v2-fpn"}
+        "resnet50v2-fpn": the authors' network (backbone 23.5 M parameters,
+        stages 3/4/6/3, widths 256..2048, pyramid 256 channels, native
+        input size). "small": the same structure with one block per stage,
+        widths 32..256, 32 pyramid channels, input resized to 128 x 128.
+    seed : int, optional
+        Seed of the weight initialisation (the global RNG is left untouched).
+    **config
+        Overrides of ``ARCHITECTURES[name]``: ``normalization`` (see
+        `normalize`), ``norm_constant`` (raw), ``window_hu`` ((centre, width)
+        HU), ``input_size`` (None keeps the input size, int or (H, W) resizes
+        on the device, pixels), ``head`` ("pool" or "flatten"; "flatten"
+        needs ``input_size``), ``dropout``, ``bn_momentum`` (PyTorch
+        convention; 0.01 is Keras' 0.99, the small model uses 0.1 so that
+        short runs get usable running statistics), ``stem_channels``, ``widths``,
+        ``blocks``, ``fpn_channels``, ``in_channels``, ``num_classes``.
+
+    Returns
+    -------
+    FPNClassifier
+        In training mode; ``.config`` holds ``name`` and every option.
+
+    Examples
+    --------
+    >>> model = build_model("small", seed=0)
+    >>> model(torch.zeros(2, 1, 64, 64)).shape
+    torch.Size([2, 2])
+    """
+    cfg = _plain_config(name, config)
+    if seed is None:
+        return FPNClassifier(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return FPNClassifier(cfg)
+
+
+def parameter_count(module: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (BatchNorm running statistics are buffers, not counted)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _check_plain(obj: Any, where: str = "extra") -> None:
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where} keys must be str or int, got {k!r}")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(f"{where} must hold only None, bool, int, float, str, tensors, lists and "
+                    f"dicts (weights_only loading), got {type(obj).__name__}")
+
+
+def save_checkpoint(path: str | os.PathLike, model: FPNClassifier, *,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write weights, config (JSON string) and `extra` to a .pt file atomically.
+
+    `extra` (epoch, fold, metrics, optimizer state, ...) may hold only plain
+    Python values and tensors, so `load_checkpoint` can use
+    ``torch.load(weights_only=True)``.
+    """
+    if not isinstance(model, FPNClassifier):
+        raise TypeError(f"model must be an FPNClassifier, got {type(model).__name__}")
+    _check_plain(extra)
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": json.dumps(model.config, sort_keys=True),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": {} if extra is None else extra,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> tuple[FPNClassifier, dict[str, Any]]:
+    """Rebuild the model of a `save_checkpoint` file; return (model in eval mode, extra)."""
+    payload = torch.load(Path(path), map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a {CHECKPOINT_FORMAT} checkpoint")
+    config = json.loads(payload["config"])
+    model = build_model(config.pop("name"), **config)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(map_location).eval(), payload["extra"]
