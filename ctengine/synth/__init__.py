@@ -1,0 +1,13 @@
+"""Synthetic COVID-CTset: phantom chest CT series written in the dataset's exact layout.
+
+``render_series`` paints one series (pixels plus lung and lesion truth);
+``plan_cohort`` decides patients, groups and slice counts; ``write_cohort``
+writes the whole tree, CSVs, metadata and truth store.
+"""
+from __future__ import annotations
+
+from .cohort import CohortPlan, plan_cohort
+from .phantom import Phantom, render_series
+from .write import SynthSummary, flat_name, write_cohort
+
+__all__ = ["CohortPlan", "Phantom", "SynthSummary", "flat_name", "plan_cohort", "render_series", "write_cohort"]

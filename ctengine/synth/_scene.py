@@ -1,0 +1,362 @@
+"""Primitive tables of one phantom slice (painter's order) from an ``Anatomy``.
+
+Positions and sizes come in mm (see ``_anatomy``) and leave here in pixels.
+Labels are tissue classes used while painting; the lung truth is read from
+LUNG_R / LUNG_L at the end.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._anatomy import Anatomy, smoothstep
+from ._reference import BAND, CAPSULE, ELLIPSE, KEEP, MAX, NCOL, SET
+
+# tissue labels used while painting
+AIR, BODY, CAVITY, LUNG_R, LUNG_L, MEDIAST, AIRWAY, GAS, BONE, ORGAN, TABLE = range(11)
+LUNGS = (1 << LUNG_R) | (1 << LUNG_L)
+INNER = (1 << CAVITY) | LUNGS | (1 << MEDIAST)
+
+#: HU of the materials
+HU_AIR, HU_FAT, HU_MUSCLE, HU_BLOOD, HU_LIVER, HU_LUNG = -1000.0, -95.0, 48.0, 40.0, 58.0, -845.0
+HU_CORTEX, HU_MARROW, HU_CARTILAGE = 1150.0, 270.0, 120.0
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Pixel grid of a series: shape, mm per pixel (anatomy scaled to the shape), centre (px)."""
+    h: int
+    w: int
+    mmpp: float
+    edge: float = 0.7
+
+    @property
+    def cy(self) -> float:
+        return (self.h - 1) / 2.0
+
+    @property
+    def cx(self) -> float:
+        return (self.w - 1) / 2.0
+
+
+class Builder:
+    """Collects primitive rows; lengths in mm, converted to pixels."""
+
+    def __init__(self, g: Geometry, tex_shift: tuple[int, int]):
+        self.g = g
+        self.rows: list[list[float]] = []      # scalar rows not yet stacked
+        self.blocks: list[np.ndarray] = []     # stacked rows, in painting order
+        self.shift = tex_shift
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.blocks.append(np.array(self.rows, dtype=np.float64))
+            self.rows = []
+
+    def _off(self, oy: float, ox: float) -> tuple[int, int]:
+        return int(oy + self.shift[0]) % self.g.h, int(ox + self.shift[1]) % self.g.w
+
+    def ellipse(self, x, y, a, b, value, *, rot=0.0, op=SET, clip=0, label=KEEP, lesion=0, stex=0.0, vtex=0.0,
+                grady=0.0, amax=1.0, oy=0, ox=0, hole=None) -> None:
+        """An ellipse; ``hole`` (x, y, a, b) in mm is an axis-aligned ellipse left unpainted (the
+        caller paints it fully afterwards, so the work there would be lost anyway)."""
+        g = self.g
+        if a <= 0.0 or b <= 0.0:
+            return
+        oy, ox = self._off(oy, ox)
+        hx, hy, ha, hb = hole if hole is not None and min(hole[2], hole[3]) > 4.0 * g.mmpp else (0.0, 0.0, 0.0, 0.0)
+        self.rows.append([ELLIPSE, g.cx + x / g.mmpp, g.cy + y / g.mmpp, max(a / g.mmpp, 0.3), max(b / g.mmpp, 0.3),
+                          math.cos(rot), math.sin(rot), value, op, clip, label, lesion, stex, vtex,
+                          grady * g.mmpp, amax, g.edge, oy, ox,
+                          g.cx + hx / g.mmpp, g.cy + hy / g.mmpp, ha / g.mmpp, hb / g.mmpp])
+
+    def capsule(self, x0, y0, x1, y1, r, value, *, op=SET, clip=0, label=KEEP, amax=1.0) -> None:
+        g = self.g
+        self.rows.append([CAPSULE, g.cx + x0 / g.mmpp, g.cy + y0 / g.mmpp, g.cx + x1 / g.mmpp, g.cy + y1 / g.mmpp,
+                          max(r / g.mmpp, 0.3), 0.0, value, op, clip, label, 0, 0.0, 0.0, 0.0, amax, g.edge, 0, 0,
+                          0.0, 0.0, 0.0, 0.0])
+
+    def capsules(self, seg: np.ndarray, r: np.ndarray, value: float, *, op=SET, clip=0, label=KEEP,
+                 amax: np.ndarray | float = 1.0) -> None:
+        """Many capsules: seg (n, 4) x0, y0, x1, y1 in mm, r (n,) mm."""
+        n = len(seg)
+        if n == 0:
+            return
+        g = self.g
+        rows = np.zeros((n, NCOL))
+        rows[:, 0] = CAPSULE
+        rows[:, [1, 3]] = g.cx + seg[:, [0, 2]] / g.mmpp
+        rows[:, [2, 4]] = g.cy + seg[:, [1, 3]] / g.mmpp
+        rows[:, 5] = np.maximum(r / g.mmpp, 0.3)
+        rows[:, 7] = value
+        rows[:, 8] = op
+        rows[:, 9] = clip
+        rows[:, 10] = label
+        rows[:, 15] = amax
+        rows[:, 16] = g.edge
+        self._flush()
+        self.blocks.append(rows)
+
+    def band(self, cy, r0, r1, hw, value, *, label=KEEP) -> None:
+        g = self.g
+        self.rows.append([BAND, g.cx, g.cy + cy / g.mmpp, r0 / g.mmpp, r1 / g.mmpp, hw / g.mmpp, 0.0, value,
+                          SET, 0, label, 0, 0.0, 0.0, 0.0, 1.0, g.edge, 0, 0, 0.0, 0.0, 0.0, 0.0])
+
+    def table(self) -> np.ndarray:
+        self._flush()
+        return np.concatenate(self.blocks) if self.blocks else np.zeros((0, NCOL))
+
+
+def background_prims(an: Anatomy, g: Geometry) -> np.ndarray:
+    """The patient table: curved carbon shells with air/foam between them (static along z)."""
+    bd = Builder(g, (0, 0))
+    rt = 420.0
+    c = an.y_table - rt
+    for r0, r1, v in ((0.0, 6.0, -620.0), (10.0, 12.5, 300.0), (12.5, 30.0, -990.0), (30.0, 33.0, 380.0)):
+        bd.band(c, rt + r0, rt + r1, 0.62 * an.A, v, label=TABLE)
+    return bd.table()
+
+
+def slice_prims(an: Anatomy, g: Geometry, z0: float, z1: float) -> np.ndarray:
+    """Primitive table of the slab [z0, z1] (mm) of the anatomy ``an`` on grid ``g``."""
+    zc = 0.5 * (z0 + z1)
+    t = zc / an.length
+    shift = (an.tex_base[0] + int(zc * 1.7), an.tex_base[1] + int(zc * 0.9))
+    bd = Builder(g, shift)
+    yb, a, b = an.body(t)
+    yc, ac, bc = an.cavity(t)
+    yv, rv = an.spine_y(t)
+    abdomen = smoothstep(an.t_dome[0], an.t_bottom, t)
+    # body wall: skin, fat, muscle, each leaving out (hole) what the next layer paints over fully
+    m2 = 2.5 * g.mmpp
+    wall = (1 << AIR) | (1 << BODY)
+    fat_e = (0.0, yb, a - 2.0, b - 2.0)
+    mus_e = (0.0, yb + 0.1 * an.fat, a - an.fat, b - 0.8 * an.fat)
+    cav_e = (0.0, yc, ac, bc)
+
+    def shrunk(e):
+        return e[0], e[1], e[2] - m2, e[3] - m2
+    bd.ellipse(0.0, yb, a, b, 15.0, label=BODY, stex=0.01, hole=shrunk(fat_e))
+    bd.ellipse(*fat_e, HU_FAT, label=BODY, vtex=12.0, clip=wall, hole=shrunk(mus_e))
+    bd.ellipse(*mus_e, HU_MUSCLE, label=BODY, clip=wall, vtex=8.0, hole=shrunk(cav_e))
+    for sx in (-1.0, 1.0):   # paraspinal muscles
+        bd.ellipse(sx * 28.0, yv + rv + 22.0, 22.0, 22.0, HU_MUSCLE + 4, clip=1 << BODY)
+    bd.ellipse(*cav_e, 30.0 - 110.0 * abdomen, clip=wall, label=CAVITY, vtex=10.0)
+    _shoulder_bones(bd, an, t, yb, a, b)
+    _ribs(bd, an, z0, z1, yc, ac, bc)
+    s = an.lung_open(t)
+    lungs = []
+    if s > 0.0:
+        for side, lab in ((0, LUNG_R), (1, LUNG_L)):
+            cx, cy, ax, ay = an.lung_ellipse(t, side)
+            lungs.append((cx, cy, ax, ay))
+            bd.ellipse(cx, cy, ax, ay, HU_LUNG, clip=1 << CAVITY, label=lab, vtex=22.0, grady=45.0 / ay,
+                       stex=0.03, oy=37 * side, ox=91 * side)
+    _mediastinum(bd, an, t, yc, ac, bc, yv, rv)
+    _spine(bd, an, zc, t, yv, rv)
+    _abdomen(bd, an, t, zc, yc, ac, bc)
+    if lungs:
+        _lesions(bd, an, z0, z1, lungs)
+        _vessels(bd, an, z0, z1, t, lungs)
+    _cables(bd, an, zc, yb, a, b)
+    return bd.table()
+
+
+def _shoulder_bones(bd: Builder, an: Anatomy, t: float, yb: float, a: float, b: float) -> None:
+    if t < an.t_apex + 0.06:
+        for sx in (-1.0, 1.0):
+            bd.capsule(sx * 18.0, yb - 0.76 * b, sx * 0.42 * a, yb - 0.66 * b, 5.5, HU_CORTEX, label=BONE)
+            bd.capsule(sx * 18.0, yb - 0.76 * b, sx * 0.42 * a, yb - 0.66 * b, 3.0, HU_MARROW, clip=1 << BONE)
+    if t < an.t_apex + 0.32:
+        f = 1.0 - smoothstep(an.t_apex + 0.2, an.t_apex + 0.32, t)
+        for sx in (-1.0, 1.0):
+            x0, y0 = sx * 0.5 * a, yb + 0.8 * b
+            x1, y1 = sx * (0.5 + 0.32 * f) * a, yb + (0.8 - 0.5 * f) * b
+            bd.capsule(x0, y0, x1, y1, 3.5, HU_CORTEX - 250.0, label=BONE)
+
+
+def _ribs(bd: Builder, an: Anatomy, z0: float, z1: float, yc: float, ac: float, bc: float) -> None:
+    """Rib cross-sections: each rib descends from the spine (theta 0) to the sternum (theta 2.9)."""
+    th_end = 2.9
+    zc = 0.5 * (z0 + z1)
+    zi = an.rib_z0 + an.rib_step * np.arange(12)
+    x = (zc - zi) / an.rib_drop
+    ok = (x > 0.0) & (x < 1.0)
+    if not ok.any():
+        return
+    theta = th_end / math.pi * np.arccos(1.0 - 2.0 * x[ok])
+    dz = 0.5 * an.rib_drop * np.sin(theta * math.pi / th_end) * math.pi / th_end + 1e-3
+    ra, rb = ac + 6.0, bc + 5.0
+    ds = np.hypot(ra * np.cos(theta), rb * np.sin(theta))
+    half = np.minimum(0.5 * (z1 - z0 + 9.0) / dz, 45.0 / ds)
+    segs, cart = [], []
+    for sx in (-1.0, 1.0):
+        pts = [(theta + k * half) for k in (-1.0, 0.0, 1.0)]
+        px = [sx * ra * np.sin(p) for p in pts]
+        py = [yc + rb * np.cos(p) for p in pts]
+        for k in (0, 1):
+            seg = np.stack([px[k], py[k], px[k + 1], py[k + 1]], axis=1)
+            segs.append(seg[theta < 2.45])
+            cart.append(seg[theta >= 2.45])
+    segs_a, cart_a = np.concatenate(segs), np.concatenate(cart)
+    bd.capsules(segs_a, np.full(len(segs_a), 3.6), HU_CORTEX, label=BONE)
+    bd.capsules(segs_a, np.full(len(segs_a), 1.9), HU_MARROW, clip=1 << BONE)
+    bd.capsules(cart_a, np.full(len(cart_a), 3.6), HU_CARTILAGE, label=BODY)
+
+
+def _mediastinum(bd: Builder, an: Anatomy, t: float, yc: float, ac: float, bc: float, yv: float, rv: float) -> None:
+    if t > an.t_bottom + 0.02:
+        return
+    h0, h1 = an.t_heart
+    y_tr = yv - rv - 21.0
+    # upper mediastinum, narrowing into the neck
+    if t < h0 + 0.04:
+        w = 0.2 * ac * (0.8 + 0.2 * smoothstep(an.t_apex, an.t_carina, t))
+        bd.ellipse(0.0, yc - 0.12 * bc, w, 0.92 * bc, HU_FAT, clip=INNER, label=MEDIAST, vtex=25.0)
+    # posterior mediastinum around the aorta and oesophagus
+    bd.ellipse(6.0, yv - rv - 6.0, 27.0, 19.0, HU_FAT, clip=INNER, label=MEDIAST, vtex=25.0)
+    if h0 - 0.02 < t < h1:
+        hs = math.sin(math.pi * min(max((t - h0 + 0.02) / (h1 - h0 + 0.02), 0.0), 1.0)) ** 0.45
+        hx, hy = 0.16 * ac, yc - 0.2 * bc
+        bd.ellipse(hx, hy, hs * 0.38 * ac + 4.0, hs * 0.44 * bc + 4.0, HU_FAT, rot=-0.55, clip=INNER,
+                   label=MEDIAST, vtex=20.0)
+        bd.ellipse(hx, hy, hs * 0.38 * ac, hs * 0.44 * bc, HU_BLOOD - 2.0, rot=-0.55, clip=INNER, label=MEDIAST,
+                   vtex=6.0)
+    if t < an.t_arch:   # supra-aortic vessels
+        for x, y, r in ((-14.0, -0.42, 7.0), (5.0, -0.45, 6.0), (17.0, -0.32, 6.5), (-26.0, -0.5, 8.0),
+                        (26.0, -0.55, 7.0)):
+            bd.ellipse(x * (0.7 + 0.3 * t / an.t_arch), yc + y * bc, r, r, HU_BLOOD, clip=INNER, label=MEDIAST)
+    elif t < an.t_arch + 0.025:
+        bd.capsule(8.0, yc - 0.38 * bc, 0.55 * rv + 12.0, yv - 0.5 * rv - 8.0, 13.0, HU_BLOOD, clip=INNER,
+                   label=MEDIAST)
+    if t >= an.t_arch:
+        bd.ellipse(0.55 * rv + 12.0, yv - 0.3 * rv - 6.0, 12.0, 12.0, HU_BLOOD, clip=INNER, label=MEDIAST)
+    if an.t_arch + 0.02 <= t < h0 + 0.08:
+        bd.ellipse(10.0, yc - 0.36 * bc, 15.0, 15.0, HU_BLOOD, clip=INNER, label=MEDIAST)
+        bd.ellipse(-24.0, yc - 0.33 * bc, 10.0, 10.0, HU_BLOOD, clip=INNER, label=MEDIAST)
+    if abs(t - (an.t_carina + 0.04)) < 0.025:   # pulmonary trunk and arteries to the hila
+        bd.capsule(12.0, yc - 0.28 * bc, -0.36 * ac, yc - 0.02 * bc, 10.0, HU_BLOOD, clip=INNER, label=MEDIAST)
+        bd.capsule(12.0, yc - 0.28 * bc, 0.34 * ac, yc - 0.08 * bc, 10.5, HU_BLOOD, clip=INNER, label=MEDIAST)
+    # oesophagus
+    if t < an.t_dome[1] + 0.02:
+        ex = 4.0 + 8.0 * smoothstep(an.t_carina, h1, t)
+        bd.ellipse(ex, yv - rv - 6.0, 7.5, 6.0, HU_MUSCLE - 8.0, clip=INNER, label=MEDIAST)
+        bd.ellipse(ex, yv - rv - 6.0, 1.8, 1.5, HU_AIR, label=AIRWAY)
+    # trachea and main bronchi
+    if t < an.t_carina:
+        bd.ellipse(0.0, y_tr, 11.5, 10.5, HU_MUSCLE, label=MEDIAST)
+        bd.ellipse(0.0, y_tr, 9.0, 8.0, HU_AIR, label=AIRWAY)
+    elif t < an.t_carina + 0.12:
+        f = (t - an.t_carina) / 0.12
+        for sx in (-1.0, 1.0):
+            x = sx * (7.0 + 0.26 * ac * f ** 0.7)
+            r = 7.0 - 2.5 * f
+            bd.ellipse(x, y_tr + 8.0 * f, r + 1.8, r + 1.5, HU_MUSCLE, label=MEDIAST, clip=INNER | (1 << AIRWAY))
+            bd.ellipse(x, y_tr + 8.0 * f, r, r - 0.5, HU_AIR, label=AIRWAY)
+
+
+def _spine(bd: Builder, an: Anatomy, zc: float, t: float, yv: float, rv: float) -> None:
+    disc = ((zc + an.vert_phase) % an.vert_period) < 5.5
+    if disc:
+        bd.ellipse(0.0, yv, rv, rv * 0.9, 85.0, label=BONE)
+    else:
+        bd.ellipse(0.0, yv, rv, rv * 0.9, HU_CORTEX - 150.0, label=BONE)
+        bd.ellipse(0.0, yv, rv - 2.5, rv * 0.9 - 2.5, HU_MARROW - 20.0, clip=1 << BONE, vtex=45.0)
+    yc = yv + 0.9 * rv + 8.0
+    bd.capsule(-10.0, yc - 3.0, -5.0, yc + 10.0, 3.5, HU_CORTEX - 250.0, label=BONE)
+    bd.capsule(10.0, yc - 3.0, 5.0, yc + 10.0, 3.5, HU_CORTEX - 250.0, label=BONE)
+    bd.capsule(0.0, yc + 10.0, 0.0, yc + 24.0, 3.8, HU_CORTEX - 300.0, label=BONE)
+    if t < an.t_bottom:
+        for sx in (-1.0, 1.0):
+            bd.capsule(sx * 9.0, yv + 0.7 * rv, sx * 30.0, yv + 0.7 * rv + 9.0, 4.5, HU_CORTEX - 300.0, label=BONE)
+    bd.ellipse(0.0, yc, 7.5, 7.0, 32.0, label=BODY)
+    if an.t_apex - 0.02 < t < an.t_heart[1]:   # sternum
+        _, ac, bc = an.cavity(t)
+        yc_c = an.cavity(t)[0]
+        bd.ellipse(0.0, yc_c - bc - 3.0, 16.0, 6.5, HU_CORTEX - 300.0, label=BONE)
+        bd.ellipse(0.0, yc_c - bc - 3.0, 13.5, 4.2, HU_MARROW, clip=1 << BONE, vtex=30.0)
+
+
+def _abdomen(bd: Builder, an: Anatomy, t: float, zc: float, yc: float, ac: float, bc: float) -> None:
+    """Diaphragm domes (liver right, spleen and stomach left) rising into the lung bases, bowel gas."""
+    clip = INNER | (1 << ORGAN)
+    gr = smoothstep(an.t_dome[0], an.t_bottom, t) ** 0.6
+    if gr > 0.0:
+        cx, cy, ax, ay = an.lung_ellipse(0.5 * (an.t_apex + an.t_bottom), 0)
+        bd.ellipse(cx * 0.8, yc - 0.15 * bc, gr * 0.85 * ac, gr * 1.1 * bc, HU_LIVER, clip=clip, label=ORGAN,
+                   vtex=8.0, stex=0.02)
+    gl = smoothstep(an.t_dome[1], an.t_bottom + 0.03, t) ** 0.6
+    if gl > 0.0:
+        cx = an.lung_ellipse(0.5, 1)[0]
+        bd.ellipse(cx * 0.85, yc + 0.05 * bc, gl * 0.7 * ac, gl * 1.05 * bc, 35.0, clip=clip, label=ORGAN,
+                   vtex=8.0)
+        bd.ellipse(0.55 * ac, yc + 0.45 * bc, gl * 0.22 * ac, gl * 0.35 * bc, 48.0, clip=clip, label=ORGAN,
+                   rot=0.5)
+        if gl > 0.3:
+            bd.ellipse(0.42 * ac, yc - 0.45 * bc, gl * 0.18 * ac, gl * 0.12 * bc, HU_AIR, clip=clip, label=GAS,
+                       stex=0.15)
+    for x, y, g0, g1, ga, gb in an.gas:
+        if g0 <= zc <= g1:
+            f = math.sin(math.pi * (zc - g0) / (g1 - g0)) ** 0.5
+            bd.ellipse(x, y, ga * f, gb * f, HU_AIR + 20.0, clip=clip | (1 << GAS), label=GAS, stex=0.35,
+                       oy=x * 3.0, ox=y * 5.0)
+
+
+def _lung_map(lungs, side: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lung-normalised (u, v) -> mm at this slice; also the lung half width (for scaling radii)."""
+    cx = np.where(side == 0, lungs[0][0], lungs[1][0])
+    cy = np.where(side == 0, lungs[0][1], lungs[1][1])
+    ax = np.where(side == 0, lungs[0][2], lungs[1][2])
+    ay = np.where(side == 0, lungs[0][3], lungs[1][3])
+    return cx + u * ax, cy + v * ay, ax
+
+
+def _vessels(bd: Builder, an: Anatomy, z0: float, z1: float, t: float, lungs) -> None:
+    v = an.vessels
+    za, zb = v[:, 3], v[:, 6]
+    lo, hi = np.minimum(za, zb), np.maximum(za, zb)
+    hit = (hi >= z0) & (lo <= z1)
+    if not hit.any():
+        return
+    v, za, zb = v[hit], za[hit], zb[hit]
+    dz = zb - za
+    flat = np.abs(dz) < 1e-6
+    dzs = np.where(flat, 1.0, dz)
+    ta = np.where(flat, 0.0, np.clip((z0 - za) / dzs, 0.0, 1.0))
+    tb = np.where(flat, 1.0, np.clip((z1 - za) / dzs, 0.0, 1.0))
+    t0, t1 = np.minimum(ta, tb), np.maximum(ta, tb)
+    side = v[:, 0].astype(np.int64)
+    u0 = v[:, 1] + t0 * (v[:, 4] - v[:, 1])
+    v0 = v[:, 2] + t0 * (v[:, 5] - v[:, 2])
+    u1 = v[:, 1] + t1 * (v[:, 4] - v[:, 1])
+    v1 = v[:, 2] + t1 * (v[:, 5] - v[:, 2])
+    x0, y0, _ = _lung_map(lungs, side, u0, v0)
+    x1, y1, _ = _lung_map(lungs, side, u1, v1)
+    r = v[:, 7] * (0.55 + 0.45 * an.lung_open(t))
+    amax = np.minimum(1.0, 0.45 + 1.4 * r / max(z1 - z0, 0.5))
+    bd.capsules(np.stack([x0, y0, x1, y1], axis=1), r, HU_BLOOD, op=MAX, clip=LUNGS, amax=amax)
+
+
+def _lesions(bd: Builder, an: Anatomy, z0: float, z1: float, lungs) -> None:
+    les = an.lesions
+    if les.z.size == 0:
+        return
+    dz = np.maximum(np.maximum(les.z - z1, z0 - les.z), 0.0)
+    k = np.sqrt(np.clip(1.0 - (dz / les.rz) ** 2, 0.0, 1.0))
+    x, y, ax = _lung_map(lungs, les.side, les.u, les.v)
+    scale = np.clip(ax / max(lungs[0][2], lungs[1][2], 1e-3), 0.6, 1.0)
+    for i in np.flatnonzero(k > 0.3):
+        f = k[i] * scale[i]
+        bd.ellipse(x[i], y[i], les.rx[i] * f, les.ry[i] * f, les.value[i], rot=les.rot[i], clip=LUNGS,
+                   lesion=1, stex=les.stex[i], vtex=les.vtex[i], oy=les.oy[i], ox=les.ox[i])
+
+
+def _cables(bd: Builder, an: Anatomy, zc: float, yb: float, a: float, b: float) -> None:
+    for ang, c0, c1 in an.cables:
+        if c0 <= zc <= c1:
+            phi = ang + 0.002 * (zc - c0)
+            x, y = (a + 3.0) * math.sin(phi), yb + (b + 3.0) * math.cos(phi)
+            bd.ellipse(x, y, 2.3, 2.3, 90.0)
+            bd.ellipse(x, y, 0.7, 0.7, 2600.0)
