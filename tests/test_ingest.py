@@ -211,3 +211,14 @@ def test_sigkill_then_resume_loses_nothing(tmp_path):
     root = zarr.open_group(store, mode="r")
     for (patient, series, instance), image in images.items():
         assert np.array_equal(root[f"{patient}/{series}/0"][instance - 1], image)
+
+
+def test_info_reports_counts_bytes_and_ratio(tree, tmp_path, client):
+    src, _ = tree
+    ingest(src, tmp_path / "s.zarr", client)
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "s.zarr"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["labels"]["covid"] == {"patients": 1, "series": 2, "slices": 7, "labelled_slices": 0}
+    assert info["labels"]["normal"]["slices"] == 7 and info["bytes_raw"] == 14 * 64 * 64 * 2
+    assert 0 < info["bytes_stored"] and info["ratio"] == pytest.approx(info["bytes_raw"] / info["bytes_stored"])
