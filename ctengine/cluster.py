@@ -40,7 +40,11 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None,
         return
     for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # No dashboard; the scheduler's HTTP endpoint (health, metrics) listens on a free local port rather
+    # than 8787, which another cluster on the machine may hold (a port clash is a warning, an error
+    # where warnings are errors).
     with LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
-                      dashboard_address=None, memory_limit=memory_limit, silence_logs=logging.ERROR) as cluster:
+                      dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                      memory_limit=memory_limit, silence_logs=logging.ERROR) as cluster:
         with Client(cluster) as client:
             yield client

@@ -3,7 +3,8 @@
 Per series: read the raw stack (one shard, C decoding), the authors' CT
 selection, lung masks, HU statistics; masks go back into the store as
 OME-Zarr labels (``<patient>/<series>/labels/lung/0``), per-slice features
-into ``<patient>/<series>/labels/lung/features`` (a table). When every
+into ``<patient>/<series>/labels/lung/features`` (one 2-D array, columns named
+in its attributes). When every
 series is done the client writes the selection into the catalog and the
 feature tables (slices, series, patients) as Parquet beside the store
 (``<store>.features/``). A series is skipped when its labels are complete
@@ -105,7 +106,7 @@ def _complete_lung(group, plan: str) -> pd.DataFrame | None:
         lung = group[f"{LABELS}/{LUNG}"]
         state = lung.attrs.get("ctengine", {})
         if state.get("complete") and state.get("plan") == plan:
-            return schema.read_table(lung, "features")
+            return _read_matrix(lung["features"])
     except Exception:  # missing or half-written: compute again
         return None
     return None
@@ -117,11 +118,25 @@ def _write_lung(url: str, storage_options: dict | None, group, mask: np.ndarray,
     labels.attrs.update({"ome": {"version": "0.5", "labels": [LUNG]}})
     lung = labels.create_group(LUNG, overwrite=True, attributes={"ctengine": {"complete": False}})
     schema.write_stack(url, storage_options, lung, mask.astype(np.uint8, copy=False))
-    schema.write_table(lung, "features", table)
+    _write_matrix(lung, "features", table)
     scale = schema.series_scale(attrs.get("thickness_mm"), *(attrs.get("spacing_mm") or (None, None)))
     ome = schema.ome_multiscales(f"{group.path}/{LABELS}/{LUNG}", scale=scale)
     ome["image-label"] = {"version": "0.5", "colors": LUNG_COLORS, "source": {"image": "../../"}}
     lung.attrs.update({"ome": ome, "ctengine": {"complete": True, "plan": plan}})
+
+
+def _write_matrix(group, name: str, table: pd.DataFrame) -> None:
+    """A numeric table as one 2-D float64 array (slice, feature): one object, exact for ints < 2**53."""
+    array = group.create_array(name, shape=table.shape, chunks=table.shape, dtype="float64",
+                               dimension_names=("z", "feature"), overwrite=True,
+                               attributes={"columns": list(table.columns),
+                                           "dtypes": [str(table[c].dtype) for c in table.columns]})
+    array[:] = table.to_numpy(dtype=np.float64)
+
+
+def _read_matrix(array) -> pd.DataFrame:
+    table = pd.DataFrame(array[:], columns=array.attrs["columns"])
+    return table.astype(dict(zip(table.columns, array.attrs["dtypes"])))
 
 
 def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=None,
@@ -148,7 +163,7 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
 
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    url = os.fspath(store)
+    url = schema.resolve(store)
     started = time.perf_counter()
     opened = schema.open_store(url, storage_options=storage_options)
     catalog = opened.catalog

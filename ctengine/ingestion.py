@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import layout, store as schema
-from .constants import SLICE_SHAPE
+from .constants import RAW_DTYPE, SLICE_SHAPE
 from .tiffio import BadSliceError, decode_slice, slice_checksum
 
 SERIES_META = ("thickness_mm", "spacing_y_mm", "spacing_x_mm", "slope", "intercept", "kernel",
@@ -105,14 +105,14 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
               "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0}
     group = root.require_group(task.patient).create_group(task.series, overwrite=True,
                                                           attributes={"ctengine": {"complete": False}})
-    if not images:
+    if not len(images):
         return {**result, "status": "empty"}
-    stored = schema.write_stack(task.url, task.storage_options, group, np.stack(images))
+    stored = schema.write_stack(task.url, task.storage_options, group, images)
     attrs = dict(task.attrs, instances=instances, checksums=checksums, quarantined=quarantined)
     scale = schema.series_scale(attrs.get("thickness_mm"), *(attrs.get("spacing_mm") or (None, None)))
     group.attrs.update({**attrs, "ome": schema.ome_multiscales(path, scale=scale),
                         "ctengine": {"complete": True, "plan": task.plan}})
-    return {**result, "status": "written", "bytes_raw": sum(i.nbytes for i in images), "bytes_stored": stored}
+    return {**result, "status": "written", "bytes_raw": images.nbytes, "bytes_stored": stored}
 
 
 def _completed_attrs(root, path: str, plan: str) -> dict[str, Any] | None:
@@ -125,9 +125,10 @@ def _completed_attrs(root, path: str, plan: str) -> dict[str, Any] | None:
     return attrs if state.get("complete") and state.get("plan") == plan else None
 
 
-def _read_series(task: SeriesTask) -> tuple[list[int], list[np.ndarray], list[str], list[tuple[str, str]]]:
-    """Decode every copy of every instance; quarantine bad files and conflicting duplicates."""
-    instances, images, checksums, quarantined = [], [], [], []
+def _read_series(task: SeriesTask) -> tuple[list[int], np.ndarray, list[str], list[tuple[str, str]]]:
+    """Decode every copy of every instance into one stack; quarantine bad files and conflicting duplicates."""
+    stack = np.empty((len(task.instances), *task.shape), dtype=RAW_DTYPE)
+    instances, checksums, quarantined = [], [], []
     for instance, copies in zip(task.instances, task.copies):
         good = []
         for archive, member, name in copies:
@@ -143,10 +144,10 @@ def _read_series(task: SeriesTask) -> tuple[list[int], list[np.ndarray], list[st
             quarantined.extend((location, f"conflict: copies of {task.patient}/{task.series}/IM{instance:05d} "
                                           f"differ in pixels ({names})") for location, _, _ in good)
         elif good:
+            stack[len(instances)] = good[0][1]
             instances.append(int(instance))
-            images.append(good[0][1])
             checksums.append(good[0][2])
-    return instances, images, checksums, quarantined
+    return instances, stack[:len(instances)], checksums, quarantined
 
 
 # ---------------------------------------------------------------- the whole ingest (runs on the client)
@@ -218,7 +219,7 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
     -------
     IngestReport
     """
-    url = os.fspath(store)
+    url = schema.resolve(store)
     started = time.perf_counter()
     files, catalog, details_table, rejected = plan_ingest(sources, details=details, metadata=metadata,
                                                           labels=labels)
@@ -232,7 +233,7 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
         _write_patient_groups(root, catalog, details_table)
         tasks = _series_tasks(url, storage_options, files, catalog, shape)
         results = _run(tasks, client, progress=progress, report=report)
-        catalog = _apply_results(catalog, results, report)
+        catalog = _keep_feature_columns(_apply_results(catalog, results, report), root, results)
         report.catalog_written = _write_if_changed(root, "catalog", catalog)
         quarantine = pd.DataFrame(report.quarantined, columns=["location", "reason"])
         _write_if_changed(root, "quarantine", quarantine)
@@ -327,6 +328,26 @@ def _apply_results(catalog: pd.DataFrame, results: list[dict[str, Any]], report:
     catalog = catalog.drop(columns="checksum").merge(kept.astype({"instance": "int64"}), on=key, how="inner")
     catalog = catalog.sort_values(key, ignore_index=True)
     catalog["z"] = catalog.groupby(["patient", "series"]).cumcount().astype("int64")
+    return catalog
+
+
+FEATURE_COLUMNS = {"selected": False, "selected_by_area": False, "dark_count": -1}
+
+
+def _keep_feature_columns(catalog: pd.DataFrame, root, results: list[dict[str, Any]]) -> pd.DataFrame:
+    """Carry the feature columns of the old catalog over for series this run left unchanged."""
+    if "catalog" not in root:
+        return catalog
+    old = schema.read_table(root, "catalog")
+    columns = [c for c in FEATURE_COLUMNS if c in old]
+    if not columns:
+        return catalog
+    unchanged = {(r["patient"], r["series"]) for r in results if r["status"] == "skipped"}
+    keep = old[[k in unchanged for k in zip(old["patient"], old["series"])]]
+    key = ["patient", "series", "instance"]
+    catalog = catalog.merge(keep[key + columns], on=key, how="left")
+    for column in columns:
+        catalog[column] = catalog[column].fillna(FEATURE_COLUMNS[column]).astype(type(FEATURE_COLUMNS[column]))
     return catalog
 
 

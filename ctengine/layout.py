@@ -167,7 +167,7 @@ def _walk(sources: Iterable[str | os.PathLike]) -> Iterator[tuple[str, object]]:
     """Yield ('tif', path), ('csv', path) and ('archive', parts) in a stable order."""
     files: list[str] = []
     for source in sources:
-        source = os.fspath(source)
+        source = os.path.abspath(os.fspath(source))
         if os.path.isdir(source):
             for top, dirs, names in os.walk(source):
                 dirs[:] = sorted(d for d in dirs if not d.endswith(".zarr"))

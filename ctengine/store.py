@@ -41,15 +41,34 @@ def raw_codec(typesize: int = 2) -> BloscCodec:
                       typesize=typesize, blocksize=0)
 
 
+def resolve(url: str | os.PathLike) -> str:
+    """A store or source location the workers can use: local paths made absolute, URLs unchanged."""
+    url = os.fspath(url)
+    return url if "://" in url else os.path.abspath(url)
+
+
 def open_root(url: str, *, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
-    """Open the root group of a store (local path or fsspec URL)."""
-    kwargs = {"storage_options": storage_options} if storage_options and "://" in url else {}
+    """Open the root group of a store (local path or fsspec URL).
+
+    Remote stores (``s3://``, ``gs://``, ...) are opened without a listings
+    cache unless ``storage_options`` sets ``use_listings_cache``: workers
+    write the store concurrently, so a cached listing goes stale.
+    """
+    kwargs: dict[str, Any] = {}
+    if "://" in url:
+        options = dict(storage_options or {})
+        if fsspec.core.split_protocol(url)[0] not in ("file", "local") and "::" not in url:
+            options.setdefault("use_listings_cache", False)
+        kwargs = {"storage_options": options} if options else {}
     return zarr.open_group(url, mode=mode, zarr_format=3, **kwargs)
 
 
 def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec filesystem and root path of a store URL."""
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    """fsspec filesystem and root path of a store URL (remote: no listings cache, see :func:`open_root`)."""
+    options = dict(storage_options or {})
+    if "://" in url and "::" not in url and fsspec.core.split_protocol(url)[0] not in ("file", "local"):
+        options.setdefault("use_listings_cache", False)
+    fs, root = fsspec.core.url_to_fs(url, **options)
     return fs, root.rstrip("/")
 
 
@@ -209,6 +228,13 @@ class Store:
         """The raw uint16 (z, y, x) zarr array of a series."""
         return self.root[f"{patient}/{series}/{RAW}"]
 
+    def lung_mask(self, patient: str, series: str) -> zarr.Array:
+        """The stored lung mask (uint8 (z, y, x): 0 background, 1 right, 2 left lung) of a series."""
+        path = f"{patient}/{series}/labels/lung/{RAW}"
+        if path not in self.root:
+            raise ValueError(f"{patient}/{series} has no lung mask yet: run `ctengine features {self.url}`")
+        return self.root[path]
+
     def series_attrs(self, patient: str, series: str) -> dict[str, Any]:
         """Attributes of a series group (thickness, spacing, rescale, kernel, instances, ...)."""
         return dict(self.root[f"{patient}/{series}"].attrs)
@@ -227,10 +253,12 @@ class Store:
         coords["x"] = np.arange(nx) * sx if sx else np.arange(nx)
         if attrs.get("thickness_mm"):
             coords["z_mm"] = ("instance", np.arange(z) * float(attrs["thickness_mm"]))
-        keep = ("thickness_mm", "spacing_mm", "slope", "intercept", "kernel", "window_center", "window_width")
+        keep = ("thickness_mm", "spacing_mm", "kernel", "window_center", "window_width")
+        rescale = {"slope": float(attrs.get("slope") or 1.0),
+                   "intercept": float(attrs["intercept"]) if attrs.get("intercept") is not None else -1024.0}
         return xr.DataArray(da.from_zarr(array), dims=("instance", "y", "x"), coords=coords,
                             name=f"{patient}/{series}",
-                            attrs={"units": "raw", **{k: attrs[k] for k in keep if attrs.get(k) is not None}})
+                            attrs={"units": "raw", **rescale, **{k: attrs[k] for k in keep if attrs.get(k) is not None}})
 
     def to_datatree(self):
         """The whole store as an ``xarray.DataTree`` (lazy, dask-backed)."""

@@ -61,7 +61,7 @@ def verify(store: str | os.PathLike, *, sources: Iterable[str | os.PathLike] = (
     """Re-read every stored slice (and optionally every source) and compare checksums (SHA-256)."""
     from .cluster import dask_client
 
-    url = os.fspath(store)
+    url = schema.resolve(store)
     opened = schema.open_store(url, storage_options=storage_options)
     catalog, quarantined = opened.catalog, set(opened.quarantine["location"])
     report = VerifyReport(slices_checked=len(catalog))

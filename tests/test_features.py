@@ -72,3 +72,12 @@ def test_second_run_skips_and_a_broken_series_is_reported(store, client, tmp_pat
     finally:
         shard.write_bytes(saved)
     assert [s for s, _ in broken.failed_series] == ["patient2/SR_4"] and broken.series_skipped == 5
+
+
+def test_a_second_ingest_keeps_the_selection(store, client):
+    before = ctengine.open_store(store).catalog
+    report = ctengine.ingest([store.parent / "src"], store, client=client, progress=False)
+    after = ctengine.open_store(store).catalog
+    assert report.nothing_written
+    assert after["selected"].tolist() == before["selected"].tolist()
+    assert ctengine.open_store(store).lung_mask("patient1", "SR_2").dtype == np.uint8
