@@ -14,8 +14,11 @@ reported and the rest completes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +86,7 @@ def compute_series(url: str, storage_options: dict | None, patient: str, series:
     root = schema.open_root(url, mode="a", storage_options=storage_options)
     group = root[f"{patient}/{series}"]
     attrs = dict(group.attrs)
-    plan = attrs["ctengine"]["plan"]
+    plan = hashlib.sha256(json.dumps(attrs["checksums"]).encode()).hexdigest()  # the pixels, not the names
     done = _complete_lung(group, plan)
     if done is not None:
         return {"patient": patient, "series": series, "status": "skipped", "table": done}
@@ -172,7 +175,8 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
     tables = []
     owned = contextlib.nullcontext(client) if client is not None else dask_client()
     with owned as active, tqdm(total=len(catalog), unit="slice", desc="features", disable=not progress) as bar:
-        futures = [active.submit(compute_series, url, storage_options, p, s, device, key=f"features-{p}-{s}",
+        run = uuid.uuid4().hex[:8]  # keys unique per run: the scheduler may still hold an older run's results
+        futures = [active.submit(compute_series, url, storage_options, p, s, device, key=f"features-{p}-{s}-{run}",
                                  retries=2, pure=False) for p, s in sizes.index]
         keys = dict(zip([f.key for f in futures], sizes.index))
         for future in as_completed(futures):

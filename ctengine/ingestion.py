@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -295,7 +296,8 @@ def _run(tasks: list[SeriesTask], client, *, progress: bool, report: IngestRepor
     results = []
     with owned as active, tqdm(total=sum(len(t.instances) for t in tasks), unit="slice", desc="ingest",
                                disable=not progress) as bar:
-        futures = active.map(ingest_series, tasks, key=[f"ingest-{t.patient}-{t.series}" for t in tasks],
+        run = uuid.uuid4().hex[:8]  # keys unique per run: the scheduler may still hold an older run's results
+        futures = active.map(ingest_series, tasks, key=[f"ingest-{t.patient}-{t.series}-{run}" for t in tasks],
                              retries=2, pure=False)
         by_key = {f.key: t for f, t in zip(futures, tasks)}
         for future in as_completed(futures):

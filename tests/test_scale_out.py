@@ -304,7 +304,7 @@ def test_store_on_object_storage_matches_the_local_store(cohort, cluster, s3, cl
     ctengine.ingest([src], local, client=client, progress=False)
     compute_features(local, client=client, progress=False)
 
-    url, options = f"s3://{BUCKET}/store.zarr", json.dumps(s3)
+    url, options = f"s3://{BUCKET}/{tmp_path.name}.zarr", json.dumps(s3)
     report = json.loads(run_cli("ingest", src, "--store", url, "--storage-options", options,
                                 "--scheduler", cluster.address, "--json").stdout)
     assert (report["slices"], report["series_written"], report["failed_series"]) == (6, 1, [])
