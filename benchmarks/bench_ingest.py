@@ -57,7 +57,7 @@ def naive_loop(dirs: list[Path], out: Path, budget_s: float) -> dict:
     done, start = 0, time.perf_counter()
     for d in dirs:
         files = sorted(d.glob("IM*.tif"))
-        array = root.create_array(f"{d.parent.name}/{d.name}", shape=(len(files), 512, 512), chunks=(1, 512, 512),
+        array = root.create_array(f"{d.parent.parent.name}/{d.parent.name}/{d.name}", shape=(len(files), 512, 512), chunks=(1, 512, 512),
                                   shards=(len(files), 512, 512), dtype="uint16", compressors=[schema.raw_codec()])
         for i, f in enumerate(files):
             array[i] = tifffile.imread(f)
@@ -79,7 +79,7 @@ def dask_image_to_zarr(dirs: list[Path], out: Path, client) -> dict:
     start = time.perf_counter()
     for d in dirs:
         stack = imread(str(d / "IM*.tif"))
-        array = root.create_array(f"{d.parent.name}/{d.name}", shape=stack.shape, chunks=(1, 512, 512),
+        array = root.create_array(f"{d.parent.parent.name}/{d.parent.name}/{d.name}", shape=stack.shape, chunks=(1, 512, 512),
                                   shards=stack.shape, dtype="uint16", compressors=[schema.raw_codec()])
         sources.append(stack.rechunk((stack.shape[0], 512, 512)))
         targets.append(array)
