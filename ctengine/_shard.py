@@ -15,15 +15,18 @@ import numpy as np
 
 from .constants import RAW_DTYPE
 
-BLOSC_CNAME = "zstd"
-BLOSC_CLEVEL = 1
+#: chosen by measurement on CT phantoms (512 x 512, one thread): lz4-9 + bit shuffle compresses
+#: 2.27x at 0.55 ms and decompresses at 0.20 ms per slice; zstd-1 gives 2.53x at 1.04 / 0.59 ms,
+#: which made compression and decompression the bottleneck of ingest, features and the loader
+BLOSC_CNAME = "lz4"
+BLOSC_CLEVEL = 9
 BLOSC_SHUFFLE = "bitshuffle"
 _EMPTY = np.uint64(2**64 - 1)
 _blosc = numcodecs.Blosc()
 
 
 def encode_chunk(image: np.ndarray, *, clevel: int = BLOSC_CLEVEL) -> bytes:
-    """Blosc (zstd, bit shuffle, typesize = itemsize) frame of one slice, one thread.
+    """Blosc (lz4, bit shuffle, typesize = itemsize) frame of one slice, one thread.
 
     Raw slices are uint16 (typesize 2), lung masks uint8 (typesize 1);
     multi-byte data is encoded little endian, as the zarr ``bytes`` codec.

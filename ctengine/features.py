@@ -83,6 +83,9 @@ def _to_host(value: Any) -> Any:
 def compute_series(url: str, storage_options: dict | None, patient: str, series: str,
                    device: str = "cpu") -> dict[str, Any]:
     """Compute and store the features of one series; skip if already complete for this raw data."""
+    import numba
+
+    numba.set_num_threads(1)  # one task per core: the cluster runs series in parallel, not threads in a kernel
     root = schema.open_root(url, mode="a", storage_options=storage_options)
     group = root[f"{patient}/{series}"]
     attrs = dict(group.attrs)

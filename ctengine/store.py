@@ -8,7 +8,7 @@
     STORE/<patient>/<series>/zarr.json    OME-Zarr 0.5 multiscales; thickness, spacing,
                                           rescale, kernel, instances, checksums, sources
     STORE/<patient>/<series>/0            raw uint16 (z, y, x): 1 slice per chunk,
-                                          the series in one shard, blosc zstd + bitshuffle
+                                          the series in one shard, blosc lz4 + bitshuffle
     STORE/<patient>/<series>/labels/lung/0   lung masks (uint8) once computed
 
 Everything is readable with plain ``zarr`` and ``xarray`` (every array has
