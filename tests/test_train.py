@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -72,3 +73,24 @@ def test_evaluation_rows_are_labelled_test_slices_and_selected_sr2(store):
     expected = test[test.labelled | ((test.series == "SR_2") & test.selected)]
     assert len(rows) == len(expected)
     assert set(rows.loc[~rows.labelled, "series"]) == {"SR_2"}
+
+
+def test_predict_on_a_patient_folder(tmp_path, client):
+    from click.testing import CliRunner
+
+    from ctengine.cli import main
+    from ctengine.model import build_model, save_checkpoint
+    from ctengine.synth import write_cohort
+
+    write_cohort(tmp_path / "src", patients=2, slices_per_series=8, seed=2, progress=False, workers=1)
+    checkpoint = save_checkpoint(tmp_path / "m.pt", build_model("small", seed=0, input_size=32))
+    folder = next((tmp_path / "src/COVID-CTset").glob("*/patient1"))
+    (folder / "SR_2/IM00099.tif").write_bytes(b"not a tiff")
+    result = CliRunner().invoke(main, ["predict", str(folder), "--checkpoint", str(checkpoint), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["verdict"] in ("covid", "normal") and out["series"] == "SR_2" and out["slices"] == 8
+    assert 0 < out["selected"] < 8 and [os.path.basename(p) for p, _ in out["skipped"]] == ["IM00099.tif"]
+    chosen = [r for r in out["rows"] if r["selected"]]
+    assert out["covid_slices"] == sum(r["prediction"] == "covid" for r in chosen)
+    assert out["verdict"] == ("covid" if out["covid_slices"] / out["selected"] >= 0.10 else "normal")
