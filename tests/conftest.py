@@ -46,3 +46,7 @@ def tree(tmp_path):
 
 def pytest_configure(config):
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).parent.parent / ".numba_cache"))
+
+
+#: the dataset's real metadata CSVs, in ../shared/covid-ctset beside the repository
+SHARED_DATASET = Path(__file__).resolve().parents[2] / "shared" / "covid-ctset"

@@ -7,11 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import SHARED_DATASET
+
 from ctengine.constants import MULTI_SEP, SERIES
 from ctengine.folds import SPLITS, fold_summary, make_folds, write_fold_csvs
 from ctengine.synth.cohort import load_reference
 
-SHARED_ALL = Path("/work/shared/covid-ctset/all.csv")
+SHARED_ALL = SHARED_DATASET / "all.csv"
 
 
 def _real_like_rows() -> tuple[list[str], list[str]]:

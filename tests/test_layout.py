@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from ctengine import layout
-from conftest import make_tree
+from conftest import SHARED_DATASET, make_tree
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -79,8 +79,8 @@ def test_catalog_keys_by_patient_series_instance_not_group(tmp_path):
 
 
 def test_metadata_csvs_are_joined_and_tolerate_na():
-    details = layout.read_details("/work/shared/covid-ctset/Patient_details.csv")
-    metadata = layout.read_metadata("/work/shared/covid-ctset/Patients_metadata.csv")
+    details = layout.read_details(SHARED_DATASET / "Patient_details.csv")
+    metadata = layout.read_metadata(SHARED_DATASET / "Patients_metadata.csv")
     assert len(details) == 377 and details["label"].value_counts().to_dict() == {"normal": 282, "covid": 95}
     assert details["thickness_SR_4"].isna().sum() == 7
     row = metadata[(metadata.patient == "patient1") & (metadata.series == "SR_2")].iloc[0]
@@ -90,7 +90,7 @@ def test_metadata_csvs_are_joined_and_tolerate_na():
 
 
 def test_real_label_csv_and_folds(tmp_path):
-    labels, problems = layout.read_labels(["/work/shared/covid-ctset/all.csv"])
+    labels, problems = layout.read_labels([SHARED_DATASET / "all.csv"])
     assert problems == [] and len(labels) == 12058
     assert labels["slice_label"].value_counts().to_dict() == {"normal": 9776, "covid": 2282}
     pd.DataFrame({"filename": ["137covid_patient1_SR_2_IM00002.tif", "bad name"],

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import SHARED_DATASET
 import tifffile
 import zarr
 from scipy import ndimage
@@ -24,7 +26,7 @@ from ctengine.synth._scene import Geometry, background_prims, slice_prims
 from ctengine.synth.cohort import DETAIL_COLUMNS, META_ATTRS, REAL_SLICES, load_reference, reference_table
 from ctengine.synth.phantom import _fov, _noise_bank, _texture_bank, noise_sigma
 
-SHARED = Path("/work/shared/covid-ctset")
+SHARED = SHARED_DATASET
 SMALL = (64, 64)
 
 
