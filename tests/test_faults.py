@@ -132,7 +132,7 @@ def test_ingest_of_more_data_than_worker_memory(cluster, cohort, reference, tmp_
 
 def test_worker_killed_during_ingest(cohort, reference, cluster, tmp_path):
     cluster.use_workers("m1", "m2", memory_limit=str(MEMORY_LIMIT))
-    origin = replicate(cohort, tmp_path / "src", copies=6)
+    origin = replicate(cohort, tmp_path / "src", copies=16)   # enough series that the kill lands mid-run
     store = tmp_path / "s.zarr"
     run = subprocess.Popen([*CLI, "ingest", str(tmp_path / "src"), "--store", str(store), "--scheduler",
                             cluster.address, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -144,7 +144,7 @@ def test_worker_killed_during_ingest(cohort, reference, cluster, tmp_path):
     assert written < len(origin), "the kill must land in the middle of the ingest"
     assert victim not in cluster.workers() and len(cluster.workers()) == 1  # the survivor did the rest
     report = json.loads(out)  # a series the victim finished but could not report is re-run and found complete
-    assert (report["slices"], report["failed_series"]) == (6 * 36, [])
+    assert (report["slices"], report["failed_series"]) == (16 * 36, [])
     assert report["series_written"] + report["series_skipped"] == len(origin)
     assert_copies_stored(store, origin, reference / "ingested.zarr")
 
