@@ -87,7 +87,7 @@ def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
     """
     import torch
 
-    from .kernels import select_slices
+    from .kernels import lung_mask, select_slices
     from .layout import parse_name
     from .model import load_checkpoint
     from .tiffio import BadSliceError, decode_slice
@@ -116,6 +116,8 @@ def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
     selection = select_slices(stack)
     net, _ = load_checkpoint(checkpoint, map_location=_device(device))
     net.eval()
+    if net.config["lung_only"]:   # as the store's loader: raw 0 outside the lung mask (default spacing)
+        stack[lung_mask(stack) == 0] = 0
     device_ = next(net.parameters()).device
     probability = np.full(len(stack), np.nan)
     chosen = np.flatnonzero(selection.keep)

@@ -26,6 +26,8 @@ from . import _shard, store as schema
 from .constants import RAW_DTYPE
 
 CLASSES = ("normal", "covid")  # class index 0, 1
+#: path of the stored lung mask inside a series group
+LUNG_ARRAY = f"labels/lung/{schema.RAW}"
 
 
 def slice_rows(catalog: pd.DataFrame, *, fold: int | None = None, split: str | None = None,
@@ -55,7 +57,7 @@ def slice_rows(catalog: pd.DataFrame, *, fold: int | None = None, split: str | N
 
 
 class ChunkReader:
-    """Reads single chunks of single-shard stacks (raw arrays) by byte range."""
+    """Reads single chunks of a series' single-shard stacks (raw slices, lung masks) by byte range."""
 
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url = os.fspath(url)
@@ -66,17 +68,21 @@ class ChunkReader:
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def _path(self, patient: str, series: str) -> str:
-        return f"{self._base}/{schema.raw_shard_key(patient, series)}"
+    def _path(self, patient: str, series: str, array: str) -> str:
+        return f"{self._base}/{schema.shard_key(f'{patient}/{series}/{array}')}"
 
-    def index(self, patient: str, series: str, n_slices: int) -> np.ndarray:
-        """The shard's (offset, nbytes) table, read once."""
-        key = f"{patient}/{series}"
-        if key not in self._index:
+    def index(self, patient: str, series: str, n_slices: int, array: str = schema.RAW) -> np.ndarray:
+        """The (offset, nbytes) table of the shard of ``array`` (a path inside the series), read once."""
+        path = self._path(patient, series, array)
+        if path not in self._index:
             size = 16 * n_slices + 4
-            tail = self._read(self._path(patient, series), -size, None)
-            self._index[key] = _shard.shard_index(tail, n_slices)
-        return self._index[key]
+            try:
+                tail = self._read(path, -size, None)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{self.url}: {patient}/{series}/{array} is missing"
+                                        + (" (run `ctengine features` first)" if array == LUNG_ARRAY else "")) from None
+            self._index[path] = _shard.shard_index(tail, n_slices)
+        return self._index[path]
 
     def _read(self, path: str, start: int, end: int | None) -> bytes:
         if not self._local:
@@ -90,10 +96,21 @@ class ChunkReader:
             start, end = size + start, size if end is None else end
         return os.pread(fd, end - start, start)
 
-    def read_into(self, patient: str, series: str, z: int, n_slices: int, out: np.ndarray) -> None:
-        """Decompress slice ``z`` straight into ``out`` (C-contiguous uint16 (y, x))."""
-        offset, nbytes = (int(v) for v in self.index(patient, series, n_slices)[z])
-        _shard.decode_chunk_into(self._read(self._path(patient, series), offset, offset + nbytes), out)
+    def read_into(self, patient: str, series: str, z: int, n_slices: int, out: np.ndarray,
+                  array: str = schema.RAW) -> None:
+        """Decompress slice ``z`` of ``array`` straight into ``out`` (C-contiguous (y, x) of its dtype)."""
+        offset, nbytes = (int(v) for v in self.index(patient, series, n_slices, array)[z])
+        _shard.decode_chunk_into(self._read(self._path(patient, series, array), offset, offset + nbytes), out)
+
+    def read_lung_only(self, patient: str, series: str, z: int, n_slices: int, out: np.ndarray,
+                       scratch: np.ndarray) -> None:
+        """Raw slice ``z`` into ``out`` with every pixel outside the stored lung mask set to raw 0 (air).
+
+        ``scratch`` is a uint8 (y, x) buffer the mask is decoded into.
+        """
+        self.read_into(patient, series, z, n_slices, out)
+        self.read_into(patient, series, z, n_slices, scratch, LUNG_ARRAY)
+        np.copyto(out, 0, where=scratch == 0)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -132,12 +149,15 @@ class SliceLoader:
         torch.distributed when initialised). Every rank gets the same count.
     pin_memory : bool, optional
         Page-locked buffers (default: when CUDA is available).
+    lung_only : bool
+        Set every pixel outside the stored lung mask to raw 0 (air, -1024 HU);
+        needs the masks of ``ctengine features``.
     """
 
     def __init__(self, store: str | os.PathLike, rows: pd.DataFrame, *, batch_size: int = 16, shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False, threads: int = 2, prefetch: int = 2,
                  rank: int | None = None, world_size: int | None = None, pin_memory: bool | None = None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, lung_only: bool = False):
         import torch
 
         if batch_size < 1 or threads < 1 or prefetch < 0:
@@ -158,6 +178,9 @@ class SliceLoader:
         pin = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.buffers = [torch.empty((batch_size, 1, *self.shape), dtype=torch.uint16, pin_memory=pin)
                         for _ in range(prefetch + 2)]
+        self.lung_only = lung_only
+        # one mask buffer per decoding part (batches are filled one at a time by the prefetch thread)
+        self._scratch = [np.empty(self.shape, dtype=np.uint8) for _ in range(threads)] if lung_only else []
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ctengine-loader")
 
     def set_epoch(self, epoch: int) -> None:
@@ -185,12 +208,16 @@ class SliceLoader:
         rows = self.rows.iloc[indices]
         parts = np.array_split(np.arange(len(indices)), min(self.threads, len(indices)))
 
-        def work(part: np.ndarray) -> None:
-            for i in part:
+        def work(number: int) -> None:
+            for i in parts[number]:
                 patient, series, z = self._items[indices[i]]
-                self.reader.read_into(patient, series, z, self._lengths[(patient, series)], array[i, 0])
+                n = self._lengths[(patient, series)]
+                if self.lung_only:
+                    self.reader.read_lung_only(patient, series, z, n, array[i, 0], self._scratch[number])
+                else:
+                    self.reader.read_into(patient, series, z, n, array[i, 0])
 
-        list(self._pool.map(work, parts))
+        list(self._pool.map(work, range(len(parts))))
         n = len(indices)
         return Batch(buffer[:n], torch.from_numpy(np.array(rows["target"], dtype=np.int64)), rows)
 
@@ -288,10 +315,15 @@ def _finish(staged):
 
 
 class SliceDataset:
-    """A plain ``torch.utils.data.Dataset`` view: item i -> (raw uint16 tensor (1, y, x), target)."""
+    """A plain ``torch.utils.data.Dataset`` view: item i -> (raw uint16 tensor (1, y, x), target).
 
-    def __init__(self, store: str | os.PathLike, rows: pd.DataFrame, *, storage_options: dict | None = None):
+    ``lung_only`` as in :class:`SliceLoader`.
+    """
+
+    def __init__(self, store: str | os.PathLike, rows: pd.DataFrame, *, storage_options: dict | None = None,
+                 lung_only: bool = False):
         self.url, self.rows, self.storage_options = os.fspath(store), rows.reset_index(drop=True), storage_options
+        self.lung_only = lung_only
         self._reader: ChunkReader | None = None
         self._lengths: dict[tuple[str, str], int] | None = None
 
@@ -309,5 +341,9 @@ class SliceDataset:
         row = self.rows.iloc[i]
         key = (row["patient"], row["series"])
         out = np.empty((1, *self._shape), dtype=RAW_DTYPE)
-        self._reader.read_into(key[0], key[1], int(row["z"]), self._lengths[key], out[0])
+        if self.lung_only:
+            self._reader.read_lung_only(key[0], key[1], int(row["z"]), self._lengths[key], out[0],
+                                        np.empty(self._shape, dtype=np.uint8))
+        else:
+            self._reader.read_into(key[0], key[1], int(row["z"]), self._lengths[key], out[0])
         return torch.from_numpy(out), int(row["target"])

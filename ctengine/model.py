@@ -51,7 +51,7 @@ from .constants import (CLASS_COVID, CLASS_NAMES, CLASS_NORMAL, FIXED_DIVISOR_RA
 
 __all__ = [
     "ARCHITECTURES", "CLASS_COVID", "CLASS_NAMES", "CLASS_NORMAL", "NORMALIZATIONS",
-    "FPNClassifier", "build_model", "load_checkpoint", "normalize", "parameter_count",
+    "FPNClassifier", "build_model", "crop_to_content", "load_checkpoint", "normalize", "parameter_count",
     "save_checkpoint",
 ]
 
@@ -75,6 +75,8 @@ _COMMON: dict[str, Any] = {
     "head": "pool",
     "dropout": 0.5,
     "bn_momentum": 0.01,  # Keras momentum 0.99 in PyTorch's convention
+    "lung_only": False,   # input slices with everything outside the lung mask set to raw 0 (data path)
+    "crop": None,         # "lung": zoom each slice to the square around its lungs (needs lung_only)
 }
 #: default configuration of every named architecture
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -82,7 +84,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
                        "blocks": [3, 4, 6, 3], "fpn_channels": 256, "input_size": None},
     "small": {**_COMMON, "stem_channels": 16, "widths": [32, 64, 128, 256],
               "blocks": [1, 1, 1, 1], "fpn_channels": 32, "input_size": 128,
-              "bn_momentum": 0.1},
+              "bn_momentum": 0.1, "normalization": "window", "lung_only": True,
+              "crop": "lung"},
 }
 
 
@@ -300,6 +303,32 @@ def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
                          antialias=hw[0] < h or hw[1] < w)
 
 
+def crop_to_content(x: torch.Tensor, hw: tuple[int, int], *, min_side: int = 64) -> torch.Tensor:
+    """Each image's square around its pixels > 0 (the lungs of lung-only input), resized to `hw`.
+
+    The square is centred on the bounding box of ``x > 0`` (over channels),
+    as large as the box's longer side (at least `min_side` pixels, at most
+    the image's shorter side) and shifted to stay inside the image; an image
+    with no pixel > 0 is taken whole. Antialiased bilinear resize.
+    """
+    n, _, h, w = x.shape
+    present = (x > 0).any(dim=1)
+    rows, cols = present.any(dim=2), present.any(dim=1)
+    # first and last row / column holding content, one transfer for the whole batch
+    bounds = torch.stack([rows.any(1).long(), rows.long().argmax(1), h - 1 - rows.flip(1).long().argmax(1),
+                          cols.long().argmax(1), w - 1 - cols.flip(1).long().argmax(1)], 1).tolist()
+    out = []
+    for i, (found, y0, y1, x0, x1) in enumerate(bounds):
+        image = x[i:i + 1]
+        if found:
+            side = min(max(y1 - y0 + 1, x1 - x0 + 1, min_side), h, w)
+            top = min(max((y0 + y1 + 1 - side) // 2, 0), h - side)
+            left = min(max((x0 + x1 + 1 - side) // 2, 0), w - side)
+            image = image[:, :, top:top + side, left:left + side]
+        out.append(_resize(image, hw) if image.shape[-2:] != hw else image)
+    return torch.cat(out)
+
+
 class FPNClassifier(nn.Module):
     """Backbone + concatenating FPN + five level heads + final dense layer.
 
@@ -335,6 +364,8 @@ class FPNClassifier(nn.Module):
         if not torch.is_floating_point(x):
             x = x.to(torch.float32)
         c = self.config
+        if c["crop"] == "lung":   # on raw values: the lungs are the pixels > 0 of lung-only input
+            x = crop_to_content(x, self._input_hw() if c["input_size"] is not None else tuple(x.shape[-2:]))
         x = normalize(x, mode=c["normalization"], constant=c["norm_constant"],
                       window_hu=tuple(c["window_hu"]))
         if c["input_size"] is not None:
@@ -373,6 +404,12 @@ def _plain_config(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("head='flatten' needs a fixed input_size (for example 512)")
     if not 0.0 < float(config["bn_momentum"]) <= 1.0:
         raise ValueError(f"bn_momentum must be in (0, 1], got {config['bn_momentum']!r}")
+    if not isinstance(config["lung_only"], bool):
+        raise ValueError(f"lung_only must be True or False, got {config['lung_only']!r}")
+    if config["crop"] not in (None, "lung"):
+        raise ValueError(f"crop must be None or 'lung', got {config['crop']!r}")
+    if config["crop"] == "lung" and not config["lung_only"]:
+        raise ValueError("crop='lung' needs lung_only=True (the lungs are the pixels > 0 of lung-only input)")
     if not 0.0 <= float(config["dropout"]) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {config['dropout']!r}")
     return json.loads(json.dumps(config))  # plain JSON types only
@@ -387,7 +424,8 @@ def build_model(name: str = "small", *, seed: int | None = None, **config: Any) 
         "resnet50v2-fpn": the authors' network (backbone 23.5 M parameters,
         stages 3/4/6/3, widths 256..2048, pyramid 256 channels, native
         input size). "small": the same structure with one block per stage,
-        widths 32..256, 32 pyramid channels, input resized to 128 x 128.
+        widths 32..256, 32 pyramid channels, input resized to 128 x 128,
+        lung window, lung-only input zoomed to the lungs.
     seed : int, optional
         Seed of the weight initialisation (the global RNG is left untouched).
     **config
@@ -398,7 +436,17 @@ def build_model(name: str = "small", *, seed: int | None = None, **config: Any) 
         needs ``input_size``), ``dropout``, ``bn_momentum`` (PyTorch
         convention; 0.01 is Keras' 0.99, the small model uses 0.1 so that
         short runs get usable running statistics), ``stem_channels``, ``widths``,
-        ``blocks``, ``fpn_channels``, ``in_channels``, ``num_classes``.
+        ``blocks``, ``fpn_channels``, ``in_channels``, ``num_classes``, and
+        ``lung_only``: the network is fed slices whose pixels outside the
+        stored lung mask are set to raw 0 (the loaders of training,
+        evaluation and prediction read it from the checkpoint's config).
+        ``crop`` ("lung" or None): each slice is cut to the square around
+        its lungs (`crop_to_content`) before the resize, so the lungs fill
+        the network's input. The small model defaults to the lung window,
+        ``lung_only`` and ``crop="lung"``: with a handful of COVID patients
+        to learn from, the whole slice lets it tell patients apart by body
+        shape instead of finding lesions, and at 128 x 128 the zoom keeps
+        small lesions visible.
 
     Returns
     -------

@@ -103,3 +103,40 @@ def test_dataset_view_works_with_a_torch_dataloader(store):
     images, targets = next(iter(loader))
     assert images.shape == (6, 1, *SMALL)
     assert np.array_equal(images[2, 0].numpy(), stored(store, rows.iloc[2]))
+
+
+@pytest.fixture(scope="module")
+def phantom_store(tmp_path_factory, client):
+    """Two synthetic patients with lung masks from `compute_features`."""
+    from ctengine.features import compute_features
+    from ctengine.synth import write_cohort
+
+    root = tmp_path_factory.mktemp("lung_only")
+    write_cohort(root / "src", patients=2, slices_per_series=6, seed=1, progress=False, workers=1)
+    ctengine.ingest([root / "src"], root / "s.zarr", client=client, progress=False)
+    compute_features(root / "s.zarr", client=client, progress=False)
+    return root / "s.zarr"
+
+
+def test_lung_only_batches_are_air_outside_the_stored_lung_mask(phantom_store):
+    opened = ctengine.open_store(phantom_store)
+    rows = slice_rows(opened.catalog, selected_only=False)
+    seen = 0
+    with SliceLoader(phantom_store, rows, batch_size=5, threads=2, lung_only=True) as loader:
+        for batch in loader:
+            for i, row in enumerate(batch.rows.itertuples()):
+                raw = opened.raw(row.patient, row.series)[int(row.z)]
+                mask = opened.lung_mask(row.patient, row.series)[int(row.z)]
+                assert np.array_equal(batch.images[i, 0].numpy(), np.where(mask > 0, raw, 0))
+                seen += int(mask.any())
+    assert seen > len(rows) // 2   # most phantom slices hold lung
+    item, _ = SliceDataset(phantom_store, rows, lung_only=True)[3]
+    with SliceLoader(phantom_store, rows.iloc[[3]], batch_size=1, lung_only=True) as loader:
+        assert np.array_equal(item.numpy(), next(iter(loader)).images[0].numpy())
+
+
+def test_lung_only_without_masks_names_the_missing_array(store):
+    rows = slice_rows(ctengine.open_store(store).catalog)
+    with SliceLoader(store, rows, batch_size=4, lung_only=True) as loader:
+        with pytest.raises(FileNotFoundError, match=r"labels/lung/0 is missing \(run `ctengine features` first\)"):
+            next(iter(loader))

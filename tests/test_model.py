@@ -5,6 +5,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from ctengine.constants import CLASS_COVID, CLASS_NORMAL  # noqa: E402
+from ctengine.train import recalibrate_batchnorm  # noqa: E402
 from ctengine.model import (  # noqa: E402
     ARCHITECTURES, build_model, load_checkpoint, normalize, parameter_count, save_checkpoint,
 )
@@ -24,7 +25,7 @@ def test_small_forward_shapes(size):
 
 
 def test_prepare_resizes_by_box_average_or_bilinear():
-    model = build_model("small", normalization="none", seed=0)
+    model = build_model("small", normalization="none", lung_only=False, crop=None, seed=0)
     x = torch.rand(2, 1, 256, 256)
     torch.testing.assert_close(model.prepare(x), F.avg_pool2d(x, 2), rtol=0, atol=0)
     y = torch.rand(2, 1, 100, 100)
@@ -32,6 +33,8 @@ def test_prepare_resizes_by_box_average_or_bilinear():
     torch.testing.assert_close(model.prepare(y), want, rtol=0, atol=0)
     z = torch.rand(1, 1, 128, 128)
     assert model.prepare(z) is z
+    cropping = build_model("small", normalization="none", seed=0)   # content everywhere: the whole slice
+    torch.testing.assert_close(cropping.prepare(x), F.avg_pool2d(x, 2), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (50, 70), (33, 33)])
@@ -180,14 +183,14 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def _blobs(n, size, seed):
-    """Half the images (label 1) hold a bright disc at a random place; raw units."""
+    """Half the images (label 1) hold a ground-glass disc (-324 HU) in lung (-824 HU); raw units."""
     g = torch.Generator().manual_seed(seed)
-    x = 1000 + 30 * torch.randn(n, 1, size, size, generator=g)
+    x = 200 + 30 * torch.randn(n, 1, size, size, generator=g)
     y = torch.arange(n) % 2
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     for i in torch.nonzero(y).flatten():
         cy, cx = torch.randint(12, size - 12, (2,), generator=g)
-        x[i, 0][(yy - cy) ** 2 + (xx - cx) ** 2 < 36] += 1500
+        x[i, 0][(yy - cy) ** 2 + (xx - cx) ** 2 < 36] += 500
     return x, y
 
 
@@ -206,6 +209,7 @@ def test_small_model_overfits_tiny_problem():
             first = loss.item()
             assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
             assert model.backbone.stem.weight.grad.abs().sum() > 0  # reaches the first layer
+    recalibrate_batchnorm(model, [x[:16], x[16:]])   # running statistics of the final weights, as train() does
     model.eval()
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean().item()
@@ -224,3 +228,40 @@ def test_cuda_forward_matches_cpu(tmp_path):
     save_checkpoint(tmp_path / "g.pt", model)
     loaded, _ = load_checkpoint(tmp_path / "g.pt", map_location="cuda")
     assert next(loaded.parameters()).is_cuda
+
+
+def _reference_crop(image: np.ndarray, min_side: int = 64) -> np.ndarray:
+    """The square around the pixels > 0, by plain index arithmetic."""
+    ys, xs = np.nonzero(image > 0)
+    if not len(ys):
+        return image
+    h, w = image.shape
+    side = min(max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1, min_side), h, w)
+    top = int(np.clip((ys.min() + ys.max() + 1 - side) // 2, 0, h - side))
+    left = int(np.clip((xs.min() + xs.max() + 1 - side) // 2, 0, w - side))
+    return image[top:top + side, left:left + side]
+
+
+def test_crop_to_content_zooms_to_the_square_around_the_lungs():
+    from ctengine.model import crop_to_content
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((5, 1, 96, 80), np.float32)
+    x[0, 0, 10:60, 20:40] = rng.integers(1, 900, (50, 20))   # tall box: side 50
+    x[1, 0, 0:5, 70:80] = 300                                 # tiny box in a corner: min side, shifted inside
+    x[2, 0, 3:90, 1:79] = 42                                  # wider than min side, clipped to the image
+    x[4, 0, 40, 41] = 7                                       # one pixel
+    out = crop_to_content(torch.from_numpy(x), (32, 32), min_side=24)
+    assert out.shape == (5, 1, 32, 32)
+    for i in range(5):   # x[3] is empty: taken whole
+        expected = F.interpolate(torch.from_numpy(_reference_crop(x[i, 0], 24).copy())[None, None], size=(32, 32),
+                                 mode="bilinear", align_corners=False, antialias=True)
+        torch.testing.assert_close(out[i:i + 1], expected)
+    assert _reference_crop(x[1, 0], 24).shape == (24, 24) and _reference_crop(x[2, 0], 24).shape == (80, 80)
+
+
+def test_lung_crop_needs_lung_only_input():
+    with pytest.raises(ValueError, match="crop='lung' needs lung_only"):
+        build_model("small", lung_only=False)
+    model = build_model("small", lung_only=False, crop=None, seed=0)
+    assert model.config["crop"] is None and build_model("small").config["crop"] == "lung"

@@ -46,7 +46,7 @@ def test_store_folds_with_a_patient_on_both_sides_are_refused(store):
 
 def test_train_and_evaluate_write_the_paper_outputs(store, tmp_path):
     result = train(store, fold=1, epochs=1, batch_size=8, out=tmp_path / "run", progress=False,
-                   input_size=32, threads=1)
+                   input_size=32, threads=1, lung_only=False, crop=None)   # 64 x 64: no lung masks
     assert result.checkpoint.exists() and len(result.history) == 1
     assert np.isfinite(result.history[0]["loss"])
     metrics = evaluate(store, fold=1, checkpoint=result.checkpoint, out=tmp_path / "eval")
@@ -94,3 +94,41 @@ def test_predict_on_a_patient_folder(tmp_path, client):
     chosen = [r for r in out["rows"] if r["selected"]]
     assert out["covid_slices"] == sum(r["prediction"] == "covid" for r in chosen)
     assert out["verdict"] == ("covid" if out["covid_slices"] / out["selected"] >= 0.10 else "normal")
+
+
+def test_cosine_factor_warms_up_then_decays_to_zero():
+    from ctengine.train import cosine_factor
+
+    assert [cosine_factor(k, 10, warmup=2) for k in (0, 1)] == [0.5, 1.0]
+    assert cosine_factor(2, 10, warmup=2) == 1.0 and cosine_factor(6, 10, warmup=2) == pytest.approx(0.5)
+    assert cosine_factor(10, 10) == pytest.approx(0.0) and cosine_factor(12, 10) == pytest.approx(0.0)
+
+
+def test_classify_of_prepared_input_equals_the_forward_pass():
+    from ctengine.model import build_model
+    from ctengine.train import classify
+
+    net = build_model("small", seed=0, input_size=32).eval()
+    x = torch.randint(0, 2000, (3, 1, 64, 64)).float()
+    with torch.no_grad():
+        torch.testing.assert_close(classify(net, net.prepare(x)), net(x))
+
+
+def test_recalibrated_batchnorm_holds_the_average_of_the_batch_statistics():
+    from ctengine.model import build_model
+    from ctengine.train import recalibrate_batchnorm
+
+    net = build_model("small", seed=0, input_size=None)
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    inputs = []
+    hook = bn.register_forward_hook(lambda module, args, out: inputs.append(args[0].detach()))
+    batches = [torch.randint(0, 2000, (4, 1, 32, 32)).float() for _ in range(3)]
+    assert recalibrate_batchnorm(net, batches + [batches[0][:1]]) == 3   # a single slice is skipped
+    hook.remove()
+    means = torch.stack([i.mean(dim=(0, 2, 3)) for i in inputs])
+    variances = torch.stack([i.var(dim=(0, 2, 3), unbiased=True) for i in inputs])
+    torch.testing.assert_close(bn.running_mean, means.mean(0))
+    torch.testing.assert_close(bn.running_var, variances.mean(0))
+    assert bn.momentum == 0.1 and net.training
+    before = bn.running_mean.clone()
+    assert recalibrate_batchnorm(net, []) == 0 and torch.equal(bn.running_mean, before)
