@@ -1,71 +1,45 @@
-"""Run every benchmark (each against its baselines, in one run) and plot the ratios.
+"""Run every benchmark (each against its baselines, in one run) and plot the ratios: ``ctengine bench``.
 
-Writes benchmarks/results/<name>.json and benchmarks/results/summary.png.
-Run: python benchmarks/run_all.py [ingest kernels loader] [--workdir DIR]
+Writes benchmarks/results/<name>.json, summary.json and summary.png, and the generated table in
+benchmarks/RESULTS.md (a --quick run writes to ./bench-results and leaves RESULTS.md alone).
+Run: python benchmarks/run_all.py [ingest kernels loader training scaling | all] [--full] [--quick] [--workdir DIR]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
+from ctengine.bench import BENCHMARKS, run_suite, select
+from ctengine.bench.full import DiskSpaceError
+
 HERE = Path(__file__).parent
-BENCHES = {"ingest": "bench_ingest.py", "kernels": "bench_kernels.py", "loader": "bench_loader.py"}
-
-
-def ratios(name: str, result: dict) -> dict[str, float]:
-    """The headline ratios of one benchmark (ctengine / baseline)."""
-    if name == "ingest":
-        return {"ingest vs naive loop": result["speedup_vs_naive"],
-                "ingest vs dask-image": result["speedup_vs_dask_image"],
-                "ingest / ceiling": result["fraction_of_ceiling"]}
-    if name == "kernels":
-        k = result["kernels"]
-        return {"lung mask vs scipy recipe (1 core)": k["lung_mask"]["speedup_vs_scipy_recipe_1_core"],
-                "selection vs numpy (1 core)": k["select_slices"]["speedup_1_core"],
-                "statistics vs numpy (1 core)": k["hu_stats"]["speedup_1_core"]}
-    return {"loader vs DataLoader+tifffile": result["speedup_vs_tifffile"],
-            "loader vs DataLoader+zarr": result["speedup_vs_zarr"]}
-
-
-def plot(summary: dict[str, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(summary) + 1), dpi=100)
-    names = list(summary)
-    ax.barh(names, [summary[n] for n in names], color="#2a9d8f")
-    ax.axvline(1.0, color="#444", linewidth=0.8)
-    for y, name in enumerate(names):
-        ax.text(summary[name], y, f" {summary[name]:.2f}x", va="center", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_title("ctengine / baseline, same run (higher is better)", fontsize=10)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("names", nargs="*", default=list(BENCHES), choices=list(BENCHES))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"{', '.join(BENCHMARKS)} or all (default all)")
+    parser.add_argument("--full", action="store_true", help="the full-scale run instead (63,849 slices)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds per benchmark")
+    parser.add_argument("--keep", action="store_true", help="keep the full run's TIFFs")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--results-md", type=Path, default=None)
+    parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes of the local cluster")
     args = parser.parse_args()
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ctengine_bench_"))
-    summary: dict[str, float] = {}
-    for name in args.names:
-        target = out / f"{name}.json"
-        subprocess.run([sys.executable, str(HERE / BENCHES[name]), "--workdir", str(workdir / name),
-                        "--json", str(target)], check=True)
-        summary.update(ratios(name, json.loads(target.read_text())))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(summary, out / "summary.png")
-    print(json.dumps(summary, indent=2))
+    if args.full and (args.names or args.quick):
+        parser.error("--full runs alone: give no names and no --quick")
+    try:
+        names = select(args.names)
+    except ValueError as exc:
+        parser.error(str(exc))
+    out = args.out or (Path("bench-results") if args.quick else HERE / "results")
+    results_md = args.results_md or (None if args.quick else HERE / "RESULTS.md")
+    try:
+        run_suite(names, full=args.full, quick=args.quick, keep=args.keep, workdir=args.workdir, out_dir=out,
+                  results_md=results_md, scheduler=args.scheduler, workers=args.workers)
+    except DiskSpaceError as exc:
+        parser.exit(1, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

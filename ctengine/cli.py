@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from .bench import BENCHMARKS
+
 
 def _storage_options(text: str | None) -> dict | None:
     if not text:
@@ -182,7 +184,8 @@ def features(store, device, storage_options, workers, scheduler) -> None:
 @click.argument("store")
 @click.option("--fold", type=click.IntRange(1, 5), default=1, show_default=True)
 @click.option("--model", type=click.Choice(["small", "resnet50v2-fpn"]), default="small", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Default: 30 for small, 20 for resnet50v2-fpn (the paper).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--lr", type=float, default=None, help="Nadam learning rate (default 1e-3 small, 1e-4 full).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/fold1", show_default=True)
@@ -245,8 +248,8 @@ def predict(patient_dir, checkpoint, threshold, series, device, as_json) -> None
 
 @main.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default="ctengine-demo", show_default=True)
-@click.option("--patients", type=click.IntRange(min=4), default=16, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--patients", type=click.IntRange(min=4), default=24, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @with_cluster
 def demo(workdir, patients, epochs, seed, workers, scheduler) -> None:
@@ -257,6 +260,42 @@ def demo(workdir, patients, epochs, seed, workers, scheduler) -> None:
                       echo=click.echo)
     if not result["ok"]:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("names", nargs=-1, type=click.Choice([*BENCHMARKS, "all"]))
+@click.option("--full", is_flag=True, help="The full-scale run instead: 63,849 synthetic slices, ingest, features.")
+@click.option("--quick", is_flag=True, help="Tiny sizes, seconds per benchmark (results go to ./bench-results).")
+@click.option("--keep", is_flag=True, help="Keep the TIFFs of the full run (default: deleted at the end).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where inputs and stores are written (default: a temporary folder, removed afterwards).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the JSON results and summary plot (default: benchmarks/results in the repository, "
+                   "else ./bench-results).")
+@click.option("--results-md", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Markdown file whose generated table is updated (default: benchmarks/RESULTS.md in the "
+                   "repository, except for --quick).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the local Dask cluster (default: one per core); also the loader's threads "
+                   "and DataLoader workers, and the larger worker count of the scaling run (default 2).")
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
+def bench(names, full, quick, keep, workdir, out, results_md, workers, scheduler) -> None:
+    """Run benchmarks NAMES (default all), each against its baseline in the same run."""
+    from .bench import repository, run_suite, select
+    from .bench.full import DiskSpaceError
+
+    if full and (names or quick):
+        raise click.UsageError("--full runs alone: give no NAMES and no --quick")
+    repo = repository()
+    if out is None:
+        out = repo / "benchmarks" / "results" if repo and not quick else Path("bench-results")
+    if results_md is None and repo and not quick:
+        results_md = repo / "benchmarks" / "RESULTS.md"
+    try:
+        run_suite(select(names), full=full, quick=quick, keep=keep, workdir=workdir, out_dir=out, results_md=results_md,
+                  scheduler=scheduler, workers=workers, echo=click.echo)
+    except DiskSpaceError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

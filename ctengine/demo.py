@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def run_demo(workdir: str | Path, *, patients: int = 16, epochs: int = 4, seed: int = 0, workers: int | None = None,
+def run_demo(workdir: str | Path, *, patients: int = 24, epochs: int = 30, seed: int = 0, workers: int | None = None,
              scheduler: str | None = None, echo: Callable[[str], Any] = print) -> dict[str, Any]:
     """synth -> ingest -> verify -> features -> train -> evaluate -> report; returns the summary."""
     from .cluster import dask_client

@@ -1,0 +1,151 @@
+"""Kernel benchmark: ctengine's Numba kernels vs the numpy/scipy references, one run, same slices.
+
+Per kernel, on synthetic CT phantoms (512 x 512, raw uint16): slices/s on one
+core (numba.set_num_threads(1)) and on every core, and the ratio to the
+reference. The lung mask is also compared with the common scipy recipe
+(threshold, label, drop border-connected parts, fill holes). Then the whole
+feature pass (read, selection, lung mask, statistics, write masks) over a
+store on the cluster, extrapolated to the 63,849 slices of COVID-CTset.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import zarr
+from scipy import ndimage
+
+import ctengine
+from ..features import compute_features, features_path
+from ..synth import write_cohort
+from ._common import cluster, on_machine, pick_sizes, worker_count
+
+FULL_DATASET = 63_849
+SIZES = {"slices": 400, "store_slices": 5000}
+QUICK = {"slices": 20, "store_slices": 150}
+
+
+def phantoms(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` phantom slices (raw uint16) and their true lung masks."""
+    from ..synth.phantom import render_series
+
+    stacks, masks = [], []
+    seed = 0
+    while sum(len(s) for s in stacks) < n:
+        p = render_series(n_slices=50, covid=seed % 2 == 0, seed=seed, thickness_mm=5.0, kernel="B70s")
+        stacks.append(p.raw)
+        masks.append(p.lung)
+        seed += 1
+    return np.concatenate(stacks)[:n], np.concatenate(masks)[:n]
+
+
+def scipy_recipe(raw: np.ndarray) -> np.ndarray:
+    """What users write: air below -400 HU, label, drop parts touching the border, fill holes."""
+    out = np.zeros(raw.shape, np.uint8)
+    for z, image in enumerate(raw):
+        air = image < 624
+        labels, _ = ndimage.label(air)
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        air[np.isin(labels, border)] = False
+        out[z] = ndimage.binary_fill_holes(air)
+    return out
+
+
+def rate(func, n: int, repeat: int = 3) -> float:
+    """Best of ``repeat`` runs of ``func`` over ``n`` slices, in slices/s."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        best = min(best, time.perf_counter() - start)
+    return n / best
+
+
+def kernels(n: int) -> dict:
+    """Every kernel on ``n`` slices, 1 core and all cores, against its reference."""
+    from ..kernels import hu_stats, lung_mask, normalize, select_slices
+
+    raw, truth = phantoms(n)
+    spacing = (0.7, 0.7)
+    mask = lung_mask(raw, spacing=spacing)  # compile before timing
+    select_slices(raw), hu_stats(raw, mask, spacing=spacing), normalize(raw, "window", window="lung")
+    cases = {
+        "select_slices": (lambda: select_slices(raw), lambda: select_slices(raw, method="reference")),
+        "lung_mask": (lambda: lung_mask(raw, spacing=spacing),
+                      lambda: lung_mask(raw[: max(20, n // 10)], spacing=spacing, method="reference")),
+        "hu_stats": (lambda: hu_stats(raw, mask, spacing=spacing),
+                     lambda: hu_stats(raw[: max(20, n // 10)], mask[: max(20, n // 10)], spacing=spacing,
+                                      method="reference")),
+        "normalize_window": (lambda: normalize(raw, "window", window="lung"),
+                             lambda: normalize(raw, "window", window="lung", method="reference")),
+        "normalize_max": (lambda: normalize(raw, "max"), lambda: normalize(raw, "max", method="reference")),
+    }
+    slow_n = {"lung_mask": max(20, n // 10), "hu_stats": max(20, n // 10)}
+    threads = numba.config.NUMBA_NUM_THREADS
+    result = {}
+    for name, (fast, reference) in cases.items():
+        numba.set_num_threads(1)
+        one = rate(fast, n)
+        numba.set_num_threads(threads)
+        every = rate(fast, n)
+        ref = rate(reference, slow_n.get(name, n), repeat=1 if name in slow_n else 3)
+        result[name] = {"slices_per_s_1_core": one, f"slices_per_s_{threads}_cores": every,
+                        "reference_slices_per_s": ref, "speedup_1_core": one / ref}
+    numba.set_num_threads(1)
+    sub = raw[: max(20, n // 10)]
+    result["lung_mask"]["scipy_recipe_slices_per_s"] = rate(lambda: scipy_recipe(sub), len(sub), repeat=1)
+    result["lung_mask"]["speedup_vs_scipy_recipe_1_core"] = (result["lung_mask"]["slices_per_s_1_core"]
+                                                             / result["lung_mask"]["scipy_recipe_slices_per_s"])
+    numba.set_num_threads(threads)
+    both = (mask > 0) & (truth > 0)
+    result["lung_mask"]["dice_vs_truth_all_slices"] = float(2 * both.sum() / ((mask > 0).sum() + (truth > 0).sum()))
+    return result
+
+
+def feature_pass(store_slices: int, workdir: Path, scheduler: str | None, workers: int | None) -> dict:
+    """compute_features over a store of ``store_slices`` slices (50 per series), labels removed first."""
+    src, store = workdir / "src", workdir / "store.zarr"
+    if not store.exists():
+        write_cohort(src, patients=max(1, round(store_slices / 150)), slices_per_series=50, seed=7, progress=False)
+        with cluster(scheduler, workers) as client:
+            ctengine.ingest([src], store, client=client, progress=False)
+    shutil.rmtree(features_path(str(store)), ignore_errors=True)
+    root = zarr.open_group(store, mode="a")
+    for patient, series in ctengine.open_store(store).series_keys():
+        if "labels" in root[f"{patient}/{series}"]:
+            del root[f"{patient}/{series}/labels"]
+    with cluster(scheduler, workers) as client:
+        client.run(lambda: __import__("ctengine.kernels"))  # import and load cached kernels first
+        report = compute_features(store, client=client, progress=False)
+        threads = worker_count(client)
+    per_s = report.slices_computed / report.seconds
+    return {"slices": report.slices_computed, "workers": threads, "seconds": report.seconds, "slices_per_s": per_s,
+            "full_dataset_seconds_extrapolated": FULL_DATASET / per_s}
+
+
+def run(workdir: Path, *, quick: bool = False, scheduler: str | None = None, workers: int | None = None,
+        **sizes: int) -> dict:
+    """The kernels on ``slices`` phantom slices and the feature pass over ``store_slices`` stored slices."""
+    size = pick_sizes(SIZES, QUICK, quick, sizes)
+    with on_machine() as machine:
+        result = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "quick": quick,
+                  "kernels": kernels(size["slices"]),
+                  "feature_pass": feature_pass(size["store_slices"], Path(workdir), scheduler, workers)}
+    return result
+
+
+def ratios(result: dict) -> dict[str, float]:
+    """The headline ratios, ctengine / reference on one core."""
+    k = result["kernels"]
+    return {"lung mask vs scipy recipe (1 core)": k["lung_mask"]["speedup_vs_scipy_recipe_1_core"],
+            "selection vs numpy (1 core)": k["select_slices"]["speedup_1_core"],
+            "statistics vs numpy (1 core)": k["hu_stats"]["speedup_1_core"]}
+
+
+def throughput(result: dict) -> tuple[float, float]:
+    """(ctengine lung mask, scipy recipe) slices/s on one core."""
+    lung = result["kernels"]["lung_mask"]
+    return lung["slices_per_s_1_core"], lung["scipy_recipe_slices_per_s"]
