@@ -46,6 +46,8 @@ def run_all(names: Iterable[str], workdir: Path, out_dir: Path, *, quick: bool =
             echo: Callable[[str], Any] = print) -> dict[str, dict]:
     """Run benchmarks in ``workdir/<name>``; write ``out_dir/<name>.json``, ``summary.json`` and ``summary.png``.
 
+    ``summary.json`` and its plot merge this run's ratios into those already there.
+
     Returns ``{"results": {name: result}, "summary": {ratio: value}}``.
     """
     names = list(names)
@@ -62,8 +64,11 @@ def run_all(names: Iterable[str], workdir: Path, out_dir: Path, *, quick: bool =
         ratios = module.ratios(results[name])
         summary.update(ratios)
         echo("      " + ", ".join(f"{label} {value:.2f}x" for label, value in ratios.items()))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(summary, out_dir / "summary.png")
+    # the summary keeps the latest ratios of benchmarks not run this time
+    previous = out_dir / "summary.json"
+    merged = {**(json.loads(previous.read_text()) if previous.exists() else {}), **summary}
+    previous.write_text(json.dumps(merged, indent=2))
+    plot(merged, out_dir / "summary.png")
     return {"results": results, "summary": summary}
 
 
