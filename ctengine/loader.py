@@ -179,6 +179,8 @@ class SliceLoader:
         self.buffers = [torch.empty((batch_size, 1, *self.shape), dtype=torch.uint16, pin_memory=pin)
                         for _ in range(prefetch + 2)]
         self.lung_only = lung_only
+        if lung_only:
+            _require_lung_masks(opened, list(self._lengths))
         # one mask buffer per decoding part (batches are filled one at a time by the prefetch thread)
         self._scratch = [np.empty(self.shape, dtype=np.uint8) for _ in range(threads)] if lung_only else []
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ctengine-loader")
@@ -245,6 +247,20 @@ class SliceLoader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _require_lung_masks(opened: schema.Store, series: list[tuple[str, str]]) -> None:
+    """ValueError naming the series that have no stored lung mask (lung-only input needs them)."""
+    missing = []
+    for key in series:
+        try:
+            opened.lung_mask(*key)
+        except ValueError:
+            missing.append("/".join(key))
+    if missing:
+        raise ValueError(f"{opened.url}: {len(missing)} series have no lung mask ({', '.join(missing[:5])}"
+                         f"{', ...' if len(missing) > 5 else ''}); lung-only input needs them: run "
+                         f"`ctengine features {opened.url}` (a series whose features failed is listed in its report)")
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
