@@ -7,9 +7,11 @@ Training uses the labelled slices of the fold's training patients, batches
 from :class:`ctengine.loader.SliceLoader`, augmentation on the device and
 Nadam; the checkpoint carries the model's config and the training history.
 
-What makes the small model learn on a few hundred slices (each measured,
-see ``benchmarks/bench_training.py``):
+What makes the small model learn on a few hundred slices:
 
+- its input (model config): lung window, lungs only, zoomed to the lungs;
+  on the whole slice the same recipe reaches 83 % instead of 99 % image
+  accuracy (``ctengine bench training``);
 - each batch is normalised and resized by the model first and augmented
   at the network's input size (four times fewer pixels to warp than at
   512 x 512);
