@@ -116,11 +116,13 @@ def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
     selection = select_slices(stack)
     net, _ = load_checkpoint(checkpoint, map_location=_device(device))
     net.eval()
-    if net.config["lung_only"]:   # as the store's loader: raw 0 outside the lung mask (default spacing)
-        stack[lung_mask(stack) == 0] = 0
     device_ = next(net.parameters()).device
     probability = np.full(len(stack), np.nan)
     chosen = np.flatnonzero(selection.keep)
+    if net.config["lung_only"] and len(chosen):   # as the store's loader: raw 0 outside the lung mask
+        picked = stack[chosen]
+        picked[lung_mask(picked) == 0] = 0
+        stack[chosen] = picked
     with torch.inference_mode():
         for start in range(0, len(chosen), batch_size):
             part = chosen[start:start + batch_size]
