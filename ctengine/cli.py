@@ -86,7 +86,8 @@ def synth(out, patients, slices_per_series, like, fraction, seed, flat, workers)
 @with_cluster
 def ingest(sources, store, details, metadata, labels, strict, storage_options, as_json, workers, scheduler) -> None:
     """Ingest COVID-CTset SOURCES (tree, zips or flat folder) into a Zarr v3 STORE."""
-    from .ingestion import StoreBusyError, ingest as run_ingest
+    from .ingestion import ingest as run_ingest
+    from .store import StoreBusyError
 
     try:
         with _client(scheduler, workers) as client:
@@ -127,7 +128,7 @@ def _print_ingest(report) -> None:
 @with_cluster
 def verify(store, sources, storage_options, workers, scheduler) -> None:
     """Re-read STORE and compare every slice's checksum; exit 1 on any mismatch."""
-    from .verify import verify as run_verify
+    from .store import verify as run_verify
 
     with _client(scheduler, workers) as client:
         report = run_verify(store, sources=sources, client=client, storage_options=_storage_options(storage_options))
@@ -145,7 +146,7 @@ def verify(store, sources, storage_options, workers, scheduler) -> None:
 @click.option("--storage-options", default=None, help="JSON object for fsspec.")
 def info(store, as_json, storage_options) -> None:
     """Patients, series and slices per label, bytes and compression ratio of STORE."""
-    from .summary import store_info
+    from .store import store_info
 
     summary = store_info(store, storage_options=_storage_options(storage_options))
     if as_json:
@@ -166,7 +167,8 @@ def info(store, as_json, storage_options) -> None:
 @with_cluster
 def features(store, device, storage_options, workers, scheduler) -> None:
     """CT selection, lung masks and HU statistics for every series of STORE."""
-    from .features import compute_features, features_path
+    from .features import compute_features
+    from .store import features_path
 
     with _client(scheduler, workers) as client:
         report = compute_features(store, device=device, client=client,

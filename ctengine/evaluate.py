@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import store as schema
+from .store import open_store
 from .loader import CLASSES, slice_rows
 from .train import _device, fold_catalog, predict_rows
 
@@ -44,7 +44,7 @@ def evaluate(store: str | os.PathLike, *, fold: int, checkpoint: str | os.PathLi
     from .model import load_checkpoint
 
     net, _ = load_checkpoint(checkpoint, map_location=_device(device))
-    catalog = fold_catalog(schema.open_store(store).catalog, fold, seed=seed)
+    catalog = fold_catalog(open_store(store).catalog, fold, seed=seed)
     rows = evaluation_rows(catalog, fold)
     if rows.empty:
         raise ValueError(f"fold {fold} has no test slices to evaluate")

@@ -1,15 +1,14 @@
 """The feature pipeline over a store: one Dask task per series.
 
 Per series: read the raw stack (one shard, C decoding), the authors' CT
-selection, lung masks, HU statistics; masks go back into the store as
-OME-Zarr labels (``<patient>/<series>/labels/lung/0``), per-slice features
-into ``<patient>/<series>/labels/lung/features`` (one 2-D array, columns named
-in its attributes). When every
-series is done the client writes the selection into the catalog and the
-feature tables (slices, series, patients) as Parquet beside the store
-(``<store>.features/``). A series is skipped when its labels are complete
-for the same raw data, so an interrupted run resumes; a failing series is
-reported and the rest completes.
+selection, lung masks, HU statistics; masks and per-slice features go back
+into the store as the series' OME-Zarr lung label
+(:meth:`ctengine.store.Store.write_lung`). When every series is done the
+client writes the selection into the catalog and the feature tables
+(slices, series, patients) as Parquet beside the store
+(:meth:`ctengine.store.Store.write_feature_tables`). A series is skipped
+when its lung label is complete for the same raw data, so an interrupted
+run resumes; a failing series is reported and the rest completes.
 """
 from __future__ import annotations
 
@@ -25,11 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import store as schema
+from .store import Store, features_path, names, open_store
 
-LABELS = "labels"
-LUNG = "lung"
-LUNG_COLORS = [{"label-value": 1, "rgba": [230, 80, 60, 255]}, {"label-value": 2, "rgba": [60, 120, 230, 255]}]
+__all__ = ["FeatureReport", "compute_features", "compute_series", "features_path", "series_features"]
 
 
 @dataclass
@@ -47,11 +44,6 @@ class FeatureReport:
     @property
     def slices_per_second(self) -> float:
         return self.slices_computed / self.seconds if self.seconds else float("nan")
-
-
-def features_path(url: str) -> str:
-    """Folder of the Parquet feature tables beside a store."""
-    return url.rstrip("/") + ".features"
 
 
 def series_features(raw: Any, *, spacing: tuple[float, float] | None, slope: float, intercept: float):
@@ -80,69 +72,27 @@ def _to_host(value: Any) -> Any:
     return value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else np.asarray(value)
 
 
-def compute_series(url: str, storage_options: dict | None, patient: str, series: str,
-                   device: str = "cpu") -> dict[str, Any]:
+def compute_series(store: Store, patient: str, series: str, device: str = "cpu") -> dict[str, Any]:
     """Compute and store the features of one series; skip if already complete for this raw data."""
     import numba
 
     numba.set_num_threads(1)  # one task per core: the cluster runs series in parallel, not threads in a kernel
-    root = schema.open_root(url, mode="a", storage_options=storage_options)
-    group = root[f"{patient}/{series}"]
-    attrs = dict(group.attrs)
+    attrs = store.series_attrs(patient, series)
     plan = hashlib.sha256(json.dumps(attrs["checksums"]).encode()).hexdigest()  # the pixels, not the names
-    done = _complete_lung(group, plan)
+    done = store.completed_lung(patient, series, plan)
     if done is not None:
         return {"patient": patient, "series": series, "status": "skipped", "table": done}
-    raw = schema.read_stack(url, storage_options, group[schema.RAW])
+    raw = store.read_raw(patient, series)
     if device == "gpu":
         import cupy
 
         raw = cupy.asarray(raw)
-    spacing = tuple(attrs["spacing_mm"]) if attrs.get("spacing_mm") else None
-    mask, table = series_features(raw, spacing=spacing, slope=attrs.get("slope") or 1.0,
-                                  intercept=attrs.get("intercept") if attrs.get("intercept") is not None else -1024.0)
+    slope, intercept = names.rescale(attrs)
+    mask, table = series_features(raw, spacing=names.spacing(attrs), slope=slope, intercept=intercept)
     mask = _to_host(mask)
     table.insert(0, "instance", np.asarray(attrs["instances"], dtype=np.int64))
-    _write_lung(url, storage_options, group, mask, table, plan, attrs)
+    store.write_lung(patient, series, mask, table, plan)
     return {"patient": patient, "series": series, "status": "computed", "table": table}
-
-
-def _complete_lung(group, plan: str) -> pd.DataFrame | None:
-    try:
-        lung = group[f"{LABELS}/{LUNG}"]
-        state = lung.attrs.get("ctengine", {})
-        if state.get("complete") and state.get("plan") == plan:
-            return _read_matrix(lung["features"])
-    except Exception:  # missing or half-written: compute again
-        return None
-    return None
-
-
-def _write_lung(url: str, storage_options: dict | None, group, mask: np.ndarray, table: pd.DataFrame,
-                plan: str, attrs: dict) -> None:
-    labels = group.require_group(LABELS)
-    labels.attrs.update({"ome": {"version": "0.5", "labels": [LUNG]}})
-    lung = labels.create_group(LUNG, overwrite=True, attributes={"ctengine": {"complete": False}})
-    schema.write_stack(url, storage_options, lung, mask.astype(np.uint8, copy=False))
-    _write_matrix(lung, "features", table)
-    scale = schema.series_scale(attrs.get("thickness_mm"), *(attrs.get("spacing_mm") or (None, None)))
-    ome = schema.ome_multiscales(f"{group.path}/{LABELS}/{LUNG}", scale=scale)
-    ome["image-label"] = {"version": "0.5", "colors": LUNG_COLORS, "source": {"image": "../../"}}
-    lung.attrs.update({"ome": ome, "ctengine": {"complete": True, "plan": plan}})
-
-
-def _write_matrix(group, name: str, table: pd.DataFrame) -> None:
-    """A numeric table as one 2-D float64 array (slice, feature): one object, exact for ints < 2**53."""
-    array = group.create_array(name, shape=table.shape, chunks=table.shape, dtype="float64",
-                               dimension_names=("z", "feature"), overwrite=True,
-                               attributes={"columns": list(table.columns),
-                                           "dtypes": [str(table[c].dtype) for c in table.columns]})
-    array[:] = table.to_numpy(dtype=np.float64)
-
-
-def _read_matrix(array) -> pd.DataFrame:
-    table = pd.DataFrame(array[:], columns=array.attrs["columns"])
-    return table.astype(dict(zip(table.columns, array.attrs["dtypes"])))
 
 
 def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=None,
@@ -169,17 +119,16 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
 
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    url = schema.resolve(store)
     started = time.perf_counter()
-    opened = schema.open_store(url, storage_options=storage_options)
+    opened = open_store(store, mode="a", storage_options=storage_options)
     catalog = opened.catalog
     sizes = catalog.groupby(["patient", "series"]).size()
-    report = FeatureReport(store=url, slices=len(catalog))
+    report = FeatureReport(store=opened.url, slices=len(catalog))
     tables = []
     owned = contextlib.nullcontext(client) if client is not None else dask_client()
     with owned as active, tqdm(total=len(catalog), unit="slice", desc="features", disable=not progress) as bar:
         run = uuid.uuid4().hex[:8]  # keys unique per run: the scheduler may still hold an older run's results
-        futures = [active.submit(compute_series, url, storage_options, p, s, device, key=f"features-{p}-{s}-{run}",
+        futures = [active.submit(compute_series, opened, p, s, device, key=f"features-{p}-{s}-{run}",
                                  retries=2, pure=False) for p, s in sizes.index]
         keys = dict(zip([f.key for f in futures], sizes.index))
         for future in as_completed(futures):
@@ -197,33 +146,26 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
                 report.series_skipped += 1
             tables.append(result["table"].assign(patient=patient, series=series))
     if tables:
-        _write_outputs(url, storage_options, opened, pd.concat(tables, ignore_index=True))
+        _write_outputs(opened, pd.concat(tables, ignore_index=True))
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _write_outputs(url: str, storage_options: dict | None, opened: schema.Store, slices: pd.DataFrame) -> None:
+def _write_outputs(opened: Store, slices: pd.DataFrame) -> None:
     """Selection into the catalog; slice, series and patient tables as Parquet beside the store."""
     from .kernels import aggregate_patient, aggregate_series
 
     key = ["patient", "series", "instance"]
-    front = key + [c for c in ("selected", "selected_by_area", "dark_count") if c in slices]
+    front = key + [c for c in names.FEATURE_COLUMNS if c in slices]
     slices = slices[front + [c for c in slices.columns if c not in front]].sort_values(key, ignore_index=True)
-    catalog = opened.catalog.drop(columns=[c for c in ("selected", "selected_by_area", "dark_count")
-                                           if c in opened.catalog])
+    catalog = opened.catalog.drop(columns=[c for c in names.FEATURE_COLUMNS if c in opened.catalog])
     catalog = catalog.merge(slices[front], on=key, how="left")
-    for column in ("selected", "selected_by_area"):
-        catalog[column] = catalog[column].fillna(False).astype(bool)
-    catalog["dark_count"] = catalog["dark_count"].fillna(-1).astype("int64")
-    root = schema.open_root(url, mode="a", storage_options=storage_options)
-    schema.write_table(root, "catalog", catalog)
+    for column, missing in names.FEATURE_COLUMNS.items():
+        catalog[column] = catalog[column].fillna(missing).astype(bool if isinstance(missing, bool) else "int64")
+    opened.write_table(names.CATALOG, catalog)
     thickness = catalog.groupby(["patient", "series"])["thickness_mm"].first()
     labels = catalog.groupby("patient")["label"].first()
     series_table = aggregate_series(slices, thickness_mm=thickness)
     patient_table = aggregate_patient(series_table, labels=labels)
-    fs, base = schema.filesystem(features_path(url), storage_options)
-    fs.makedirs(base, exist_ok=True)
-    for name, table in (("slices", slices), ("series", series_table), ("patients", patient_table)):
-        with fs.open(f"{base}/{name}.parquet", "wb") as handle:
-            table.to_parquet(handle, index=False)
+    opened.write_feature_tables({"slices": slices, "series": series_table, "patients": patient_table})
 

@@ -13,26 +13,20 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import time
 import uuid
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-from . import layout, store as schema
-from .constants import RAW_DTYPE, SLICE_SHAPE
+from . import layout
+from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
+from .store import Store, names, open_store, store_lock
 from .tiffio import BadSliceError, decode_slice, slice_checksum
 
-SERIES_META = ("thickness_mm", "spacing_y_mm", "spacing_x_mm", "slope", "intercept", "kernel",
-               "window_center", "window_width")
-
-
-class StoreBusyError(RuntimeError):
-    """Another ingest holds the store's lock."""
 
 
 @dataclass
@@ -78,8 +72,7 @@ class IngestReport:
 class SeriesTask:
     """Everything a worker needs to store one series."""
 
-    url: str
-    storage_options: dict | None
+    store: Store
     patient: str
     series: str
     instances: list[int]
@@ -95,35 +88,20 @@ class SeriesTask:
 
 def ingest_series(task: SeriesTask) -> dict[str, Any]:
     """Store one series; return its instances, checksums, quarantine and byte counts."""
-    root = schema.open_root(task.url, mode="a", storage_options=task.storage_options)
-    path = f"{task.patient}/{task.series}"
-    done = _completed_attrs(root, path, task.plan)
+    done = task.store.completed_series(task.patient, task.series, task.plan)
     if done is not None:
         return {"patient": task.patient, "series": task.series, "status": "skipped", "bytes_raw": 0,
                 "bytes_stored": 0, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
     instances, images, checksums, quarantined = _read_series(task)
     result = {"patient": task.patient, "series": task.series, "instances": instances, "checksums": checksums,
               "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0}
-    group = root.require_group(task.patient).create_group(task.series, overwrite=True,
-                                                          attributes={"ctengine": {"complete": False}})
+    group = task.store.begin_series(task.patient, task.series)
     if not len(images):
         return {**result, "status": "empty"}
-    stored = schema.write_stack(task.url, task.storage_options, group, images)
+    stored = task.store.write_stack(group, images)
     attrs = dict(task.attrs, instances=instances, checksums=checksums, quarantined=quarantined)
-    scale = schema.series_scale(attrs.get("thickness_mm"), *(attrs.get("spacing_mm") or (None, None)))
-    group.attrs.update({**attrs, "ome": schema.ome_multiscales(path, scale=scale),
-                        "ctengine": {"complete": True, "plan": task.plan}})
+    task.store.finish_series(group, attrs, task.plan)
     return {**result, "status": "written", "bytes_raw": images.nbytes, "bytes_stored": stored}
-
-
-def _completed_attrs(root, path: str, plan: str) -> dict[str, Any] | None:
-    """The series' attributes if it is complete for this plan, else None."""
-    try:
-        attrs = dict(root[path].attrs)
-    except Exception:  # missing or half-written metadata: not complete
-        return None
-    state = attrs.get("ctengine", {})
-    return attrs if state.get("complete") and state.get("plan") == plan else None
 
 
 def _read_series(task: SeriesTask) -> tuple[list[int], np.ndarray, list[str], list[tuple[str, str]]]:
@@ -152,38 +130,6 @@ def _read_series(task: SeriesTask) -> tuple[list[int], np.ndarray, list[str], li
 
 
 # ---------------------------------------------------------------- the whole ingest (runs on the client)
-
-@contextlib.contextmanager
-def store_lock(url: str) -> Iterator[None]:
-    """Hold an exclusive lock on a local store; refuse if another ingest holds it.
-
-    The lock is an ``flock`` on the file ``STORE.lock`` beside the store
-    (inside it, zarr would see a foreign object), released by the kernel if
-    the process dies, so a killed ingest never leaves a stale lock. Remote
-    (fsspec) stores are not locked.
-    """
-    if "://" in url and not url.startswith("file://"):
-        yield
-        return
-    import fcntl
-
-    local = url.removeprefix("file://").rstrip("/")
-    os.makedirs(local, exist_ok=True)
-    with open(f"{local}.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise StoreBusyError(f"store {url!r} is being written by {holder}; wait for it to finish") from None
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-
 
 def plan_ingest(sources: Iterable[str | os.PathLike], *, details: str | None = None, metadata: str | None = None,
                 labels: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None,
@@ -220,30 +166,27 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
     -------
     IngestReport
     """
-    url = schema.resolve(store)
+    url = names.resolve(store)
     started = time.perf_counter()
     files, catalog, details_table, rejected = plan_ingest(sources, details=details, metadata=metadata,
                                                           labels=labels)
     report = IngestReport(store=url, quarantined=list(rejected))
     with store_lock(url):
-        root = schema.open_root(url, mode="a", storage_options=storage_options)
-        attrs = {"format": schema.FORMAT, "format_version": schema.FORMAT_VERSION,
-                 "raw_codec": schema.raw_codec().to_dict()}
-        if {k: root.attrs.get(k) for k in attrs} != json.loads(json.dumps(attrs)):
-            root.attrs.update(attrs)
-        _write_patient_groups(root, catalog, details_table)
-        tasks = _series_tasks(url, storage_options, files, catalog, shape)
+        opened = open_store(url, mode="a", storage_options=storage_options)
+        opened.initialise()
+        _write_patient_groups(opened, catalog, details_table)
+        tasks = _series_tasks(opened, files, catalog, shape)
         results = _run(tasks, client, progress=progress, report=report)
-        catalog = _keep_feature_columns(_apply_results(catalog, results, report), root, results)
-        report.catalog_written = _write_if_changed(root, "catalog", catalog)
-        quarantine = pd.DataFrame(report.quarantined, columns=["location", "reason"])
-        _write_if_changed(root, "quarantine", quarantine)
+        catalog = _keep_feature_columns(_apply_results(catalog, results, report), opened, results)
+        report.catalog_written = opened.write_table(names.CATALOG, catalog, if_changed=True)
+        quarantine = pd.DataFrame(report.quarantined, columns=list(names.QUARANTINE_COLUMNS))
+        opened.write_table(names.QUARANTINE, quarantine, if_changed=True)
     report.slices = len(catalog)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _write_patient_groups(root, catalog: pd.DataFrame, details: pd.DataFrame | None) -> None:
+def _write_patient_groups(opened: Store, catalog: pd.DataFrame, details: pd.DataFrame | None) -> None:
     info = details.set_index("patient") if details is not None else None
     labels = catalog.groupby("patient")["label"].first()
     for patient, label in labels.items():
@@ -251,25 +194,20 @@ def _write_patient_groups(root, catalog: pd.DataFrame, details: pd.DataFrame | N
         if info is not None and patient in info.index:
             row = info.loc[patient]
             attrs.update({"sex": row.get("sex"), "age_years": row.get("age_years"), "date": row.get("date")})
-        attrs = {k: _plain(v) for k, v in attrs.items()}
-        group = root.require_group(patient)
-        if dict(group.attrs) != attrs:
-            group.attrs.update(attrs)
+        opened.write_patient(patient, {k: _plain(v) for k, v in attrs.items()})
 
 
-def _series_tasks(url: str, storage_options: dict | None, files: pd.DataFrame, catalog: pd.DataFrame,
+def _series_tasks(opened: Store, files: pd.DataFrame, catalog: pd.DataFrame,
                   shape: tuple[int, int]) -> list[SeriesTask]:
     copies = files.groupby(["patient", "series", "instance"], sort=False)
     sources = {key: list(zip(g["archive"], g["path"], g["name"])) for key, g in copies}
     tasks = []
     for (patient, series), rows in catalog.groupby(["patient", "series"], sort=True):
         first = rows.iloc[0]
-        attrs = {key: _plain(first[key]) for key in SERIES_META if key not in ("spacing_y_mm", "spacing_x_mm")}
-        spacing = (_plain(first["spacing_y_mm"]), _plain(first["spacing_x_mm"]))
-        attrs["spacing_mm"] = None if None in spacing else list(spacing)
-        attrs["groups"] = sorted(set(";".join(rows["group"]).split(";")))
+        attrs = names.series_attributes({key: _plain(first[key]) for key in names.SERIES_CATALOG_COLUMNS},
+                                        groups=sorted(set(MULTI_SEP.join(rows["group"]).split(MULTI_SEP))))
         instances = rows["instance"].tolist()
-        tasks.append(SeriesTask(url, storage_options, patient, series, instances,
+        tasks.append(SeriesTask(opened, patient, series, instances,
                                 [sources[(patient, series, i)] for i in instances], attrs, shape))
     return tasks
 
@@ -333,15 +271,12 @@ def _apply_results(catalog: pd.DataFrame, results: list[dict[str, Any]], report:
     return catalog
 
 
-FEATURE_COLUMNS = {"selected": False, "selected_by_area": False, "dark_count": -1}
-
-
-def _keep_feature_columns(catalog: pd.DataFrame, root, results: list[dict[str, Any]]) -> pd.DataFrame:
+def _keep_feature_columns(catalog: pd.DataFrame, opened: Store, results: list[dict[str, Any]]) -> pd.DataFrame:
     """Carry the feature columns of the old catalog over for series this run left unchanged."""
-    if "catalog" not in root:
+    old = opened.read_table(names.CATALOG)
+    if old is None:
         return catalog
-    old = schema.read_table(root, "catalog")
-    columns = [c for c in FEATURE_COLUMNS if c in old]
+    columns = [c for c in names.FEATURE_COLUMNS if c in old]
     if not columns:
         return catalog
     unchanged = {(r["patient"], r["series"]) for r in results if r["status"] == "skipped"}
@@ -349,19 +284,6 @@ def _keep_feature_columns(catalog: pd.DataFrame, root, results: list[dict[str, A
     key = ["patient", "series", "instance"]
     catalog = catalog.merge(keep[key + columns], on=key, how="left")
     for column in columns:
-        catalog[column] = catalog[column].fillna(FEATURE_COLUMNS[column]).astype(type(FEATURE_COLUMNS[column]))
+        catalog[column] = catalog[column].fillna(names.FEATURE_COLUMNS[column]).astype(type(names.FEATURE_COLUMNS[column]))
     return catalog
 
-
-def _write_if_changed(root, name: str, table: pd.DataFrame) -> bool:
-    """Write a table unless the store already holds the same one."""
-    if name in root:
-        try:
-            old = schema.read_table(root, name)
-            if list(old.columns) == list(table.columns) and len(old) == len(table) and \
-                    old.astype(str).equals(table.reset_index(drop=True).astype(str)):
-                return False
-        except Exception:  # unreadable old table: replace it
-            pass
-    schema.write_table(root, name, table.reset_index(drop=True))
-    return True

@@ -14,7 +14,6 @@ side stream, double-buffered), converted and normalised there.
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -22,12 +21,10 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from . import _shard, store as schema
 from .constants import RAW_DTYPE
+from .store import ChunkReader, Store, open_store
 
 CLASSES = ("normal", "covid")  # class index 0, 1
-#: path of the stored lung mask inside a series group
-LUNG_ARRAY = f"labels/lung/{schema.RAW}"
 
 
 def slice_rows(catalog: pd.DataFrame, *, fold: int | None = None, split: str | None = None,
@@ -54,68 +51,6 @@ def slice_rows(catalog: pd.DataFrame, *, fold: int | None = None, split: str | N
         raise ValueError(f"rows without a covid/normal target: {unknown}")
     rows["target"] = target.map({name: i for i, name in enumerate(CLASSES)}).astype("int64")
     return rows.reset_index(drop=True)
-
-
-class ChunkReader:
-    """Reads single chunks of a series' single-shard stacks (raw slices, lung masks) by byte range."""
-
-    def __init__(self, url: str, storage_options: dict | None = None):
-        self.url = os.fspath(url)
-        self.storage_options = storage_options
-        self._fs, self._base = schema.filesystem(self.url, storage_options)
-        self._local = "file" in (self._fs.protocol if isinstance(self._fs.protocol, tuple) else (self._fs.protocol,))
-        self._index: dict[str, np.ndarray] = {}
-        self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def _path(self, patient: str, series: str, array: str) -> str:
-        return f"{self._base}/{schema.shard_key(f'{patient}/{series}/{array}')}"
-
-    def index(self, patient: str, series: str, n_slices: int, array: str = schema.RAW) -> np.ndarray:
-        """The (offset, nbytes) table of the shard of ``array`` (a path inside the series), read once."""
-        path = self._path(patient, series, array)
-        if path not in self._index:
-            size = 16 * n_slices + 4
-            try:
-                tail = self._read(path, -size, None)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{self.url}: {patient}/{series}/{array} is missing"
-                                        + (" (run `ctengine features` first)" if array == LUNG_ARRAY else "")) from None
-            self._index[path] = _shard.shard_index(tail, n_slices)
-        return self._index[path]
-
-    def _read(self, path: str, start: int, end: int | None) -> bytes:
-        if not self._local:
-            return self._fs.cat_file(path, start=start, end=end)
-        with self._lock:
-            fd = self._fds.get(path)
-            if fd is None:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY)
-        if start < 0:
-            size = os.fstat(fd).st_size
-            start, end = size + start, size if end is None else end
-        return os.pread(fd, end - start, start)
-
-    def read_into(self, patient: str, series: str, z: int, n_slices: int, out: np.ndarray,
-                  array: str = schema.RAW) -> None:
-        """Decompress slice ``z`` of ``array`` straight into ``out`` (C-contiguous (y, x) of its dtype)."""
-        offset, nbytes = (int(v) for v in self.index(patient, series, n_slices, array)[z])
-        _shard.decode_chunk_into(self._read(self._path(patient, series, array), offset, offset + nbytes), out)
-
-    def read_lung_only(self, patient: str, series: str, z: int, n_slices: int, out: np.ndarray,
-                       scratch: np.ndarray) -> None:
-        """Raw slice ``z`` into ``out`` with every pixel outside the stored lung mask set to raw 0 (air).
-
-        ``scratch`` is a uint8 (y, x) buffer the mask is decoded into.
-        """
-        self.read_into(patient, series, z, n_slices, out)
-        self.read_into(patient, series, z, n_slices, scratch, LUNG_ARRAY)
-        np.copyto(out, 0, where=scratch == 0)
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
 
 
 @dataclass
@@ -167,9 +102,9 @@ class SliceLoader:
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.threads, self.prefetch, self.epoch = threads, prefetch, 0
         self.rank, self.world_size = _distributed(rank, world_size)
-        self.reader = ChunkReader(store, storage_options)
+        opened = open_store(store, storage_options=storage_options)
+        self.reader = ChunkReader(opened)
         self._items = list(zip(self.rows["patient"], self.rows["series"], self.rows["z"].astype(int)))
-        opened = schema.open_store(store, storage_options=storage_options)
         self._lengths = {k: opened.raw(*k).shape[0] for k in self.rows.groupby(["patient", "series"]).groups}
         shapes = {opened.raw(*k).shape[1:] for k in self._lengths}
         if len(shapes) > 1:
@@ -249,14 +184,9 @@ class SliceLoader:
         self.close()
 
 
-def _require_lung_masks(opened: schema.Store, series: list[tuple[str, str]]) -> None:
+def _require_lung_masks(opened: Store, series: list[tuple[str, str]]) -> None:
     """ValueError naming the series that have no stored lung mask (lung-only input needs them)."""
-    missing = []
-    for key in series:
-        try:
-            opened.lung_mask(*key)
-        except ValueError:
-            missing.append("/".join(key))
+    missing = ["/".join(key) for key in series if not opened.has_lung_mask(*key)]
     if missing:
         raise ValueError(f"{opened.url}: {len(missing)} series have no lung mask ({', '.join(missing[:5])}"
                          f"{', ...' if len(missing) > 5 else ''}); lung-only input needs them: run "
@@ -350,8 +280,8 @@ class SliceDataset:
         import torch
 
         if self._reader is None:  # opened lazily: each DataLoader worker process gets its own
-            self._reader = ChunkReader(self.url, self.storage_options)
-            opened = schema.open_store(self.url, storage_options=self.storage_options)
+            opened = open_store(self.url, storage_options=self.storage_options)
+            self._reader = ChunkReader(opened)
             self._lengths = {k: opened.raw(*k).shape[0] for k in self.rows.groupby(["patient", "series"]).groups}
             self._shape = opened.raw(*next(iter(self._lengths))).shape[1:]
         row = self.rows.iloc[i]

@@ -12,10 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import store as schema
-from .constants import SELECTION_COLS, SELECTION_ROWS
-
-LUNG_WINDOW = (-600.0, 1500.0)  # centre, width (HU)
+from .constants import LUNG_WINDOW_HU, SELECTION_COLS, SELECTION_ROWS
+from .store import Store, open_store
 
 
 def _figure(width: float, height: float):
@@ -37,22 +35,23 @@ def _png(fig) -> bytes:
 
 
 def _lung_window(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    centre, width = LUNG_WINDOW
+    centre, width = LUNG_WINDOW_HU
     hu = raw.astype(np.float32) * slope + intercept
     return np.clip((hu - (centre - width / 2)) / width, 0, 1)
 
 
-def montage_png(opened: schema.Store, patient: str, series: str, *, count: int = 8) -> bytes:
+def montage_png(opened: Store, patient: str, series: str, *, count: int = 8) -> bytes:
     """Lung-window slices of one series with the lung masks outlined (right red, left blue)."""
     import matplotlib.pyplot as plt
 
     attrs = opened.series_attrs(patient, series)
+    slope, intercept = opened.rescale(patient, series)
     raw = opened.raw(patient, series)[:]
-    mask = opened.root[f"{patient}/{series}/labels/lung/0"][:]
+    mask = opened.lung_mask(patient, series)[:]
     picks = np.linspace(0, len(raw) - 1, min(count, len(raw))).round().astype(int)
     fig, axes = plt.subplots(2, (len(picks) + 1) // 2, figsize=(2.4 * ((len(picks) + 1) // 2), 5), dpi=100)
     for ax, z in zip(np.ravel(axes), picks):
-        ax.imshow(_lung_window(raw[z], attrs.get("slope") or 1.0, attrs.get("intercept") or -1024.0), cmap="gray")
+        ax.imshow(_lung_window(raw[z], slope, intercept), cmap="gray")
         for value, colour in ((1, "#e5533c"), (2, "#3c78e5")):
             if (mask[z] == value).any():
                 ax.contour(mask[z] == value, levels=[0.5], colors=colour, linewidths=0.8)
@@ -64,7 +63,7 @@ def montage_png(opened: schema.Store, patient: str, series: str, *, count: int =
     return _png(fig)
 
 
-def selection_png(opened: schema.Store, patient: str, series: str) -> bytes:
+def selection_png(opened: Store, patient: str, series: str) -> bytes:
     """Dark-pixel counts along a series, the authors' threshold and the kept slices."""
     rows = opened.catalog.query("patient == @patient and series == @series").sort_values("z")
     counts, keep = rows["dark_count"].to_numpy(), rows["selected"].to_numpy(bool)
@@ -126,7 +125,7 @@ def write_report(out: str | os.PathLike, *, store: str, evaluation: str | os.Pat
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    opened = schema.open_store(store)
+    opened = open_store(store)
     slices = opened.features.merge(opened.catalog[["patient", "label"]].drop_duplicates(), on="patient")
     covid = opened.catalog[opened.catalog["label"] == "covid"]
     patient = covid["patient"].iloc[0] if len(covid) else opened.catalog["patient"].iloc[0]

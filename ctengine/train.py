@@ -39,7 +39,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from . import store as schema
+from .store import open_store
 from .loader import CLASSES, SliceLoader, slice_rows
 
 DEFAULT_LR = {"small": 1e-3, "resnet50v2-fpn": 1e-4}
@@ -210,7 +210,7 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs!r}, {batch_size!r}")
     torch.manual_seed(seed)
     target = _device(device)
-    catalog = fold_catalog(schema.open_store(store).catalog, fold, seed=seed)
+    catalog = fold_catalog(open_store(store).catalog, fold, seed=seed)
     rows = training_rows(catalog, fold, "train")
     if rows.empty:
         raise ValueError(f"fold {fold} has no training slices")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import ctengine
-from ctengine import store as schema
+from ctengine.store import names
 from test_scale_out import (CLI, COHORT_SERIES, Cluster, assert_same_objects, assert_same_results, local_reference,
                             run_cli, store_objects, synthetic_cohort, wait_for)
 
@@ -68,15 +68,15 @@ def assert_copies_stored(store: Path, origin: dict[tuple[str, str], tuple[str, s
 
     got, expected = checksums(store), checksums(reference)
     assert len(got) == len(origin)
-    shards = {key: (reference / schema.raw_shard_key(*key)).read_bytes() for key in set(origin.values())}
+    shards = {key: (reference / names.raw_shard_key(*key)).read_bytes() for key in set(origin.values())}
     for (patient, series), key in origin.items():
         assert got[(patient, series)] == expected[key], (patient, series)
-        assert (store / schema.raw_shard_key(patient, series)).read_bytes() == shards[key], (patient, series)
+        assert (store / names.raw_shard_key(patient, series)).read_bytes() == shards[key], (patient, series)
     assert not list(store.rglob("*.partial"))
 
 
 def raw_shards(store: Path) -> int:
-    return len(list(store.glob(f"*/*/{schema.RAW}/c/0/0/0")))
+    return len(list(store.glob(f"*/*/{names.RAW}/c/0/0/0")))
 
 
 def complete_lungs(store: Path) -> int:

@@ -1,10 +1,13 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
 
 import ctengine
-from ctengine.features import compute_features, features_path
+from ctengine.features import compute_features
 from ctengine.kernels import select_slices
+from ctengine.store import features_path
 from ctengine.synth import write_cohort
 
 
@@ -56,7 +59,7 @@ def test_feature_tables(store):
     assert lung["mean"].between(-950, -600).all()
     patients = opened.feature_table("patients")
     assert sorted(patients["patient"]) == ["patient1", "patient2"] and (patients["lung_volume_l"] > 0).all()
-    assert (features_path(str(store)) + "/series.parquet")
+    assert Path(features_path(store), "series.parquet").is_file()
 
 
 def test_second_run_skips_and_a_broken_series_is_reported(store, client, tmp_path):

@@ -17,8 +17,7 @@ from click.testing import CliRunner
 
 import ctengine
 from ctengine.cli import main
-from ctengine.ingestion import StoreBusyError, store_lock
-from ctengine.verify import verify
+from ctengine.store import StoreBusyError, store_lock, verify
 from conftest import SMALL, make_tree, write_slice
 
 

@@ -23,11 +23,9 @@ import pandas as pd
 import pytest
 
 import ctengine
-from ctengine import store as schema
+from ctengine.store import filesystem, names, open_root, store_info, verify
 from ctengine.features import compute_features
-from ctengine.summary import store_info
 from ctengine.synth import write_cohort
-from ctengine.verify import verify
 
 CLI = [sys.executable, "-m", "ctengine.cli"]
 COHORT_SLICES, COHORT_SERIES = 36, 6  # 2 patients x 3 series x 6 slices of 512 x 512
@@ -186,7 +184,7 @@ def store_objects(url: str | os.PathLike, storage_options: dict | None = None) -
     """Every object of a store and of its feature tables folder: relative key -> bytes."""
     objects = {}
     for suffix in ("", ".features"):
-        fs, base = schema.filesystem(os.fspath(url) + suffix, storage_options)
+        fs, base = filesystem(os.fspath(url) + suffix, storage_options)
         data = fs.cat(fs.find(base))  # one batch: concurrent requests on object storage
         objects.update({f"{suffix or 'store'}/{path[len(base) + 1:]}": value for path, value in data.items()})
     return objects
@@ -290,7 +288,7 @@ def test_relative_paths_are_resolved_on_the_client(cohort, cluster, tmp_path, mo
     monkeypatch.chdir(tmp_path)  # the workers run elsewhere
     report = ctengine.ingest(["src"], "rel.zarr", client=cluster.client, progress=False)
     assert (report.slices, report.quarantined) == (COHORT_SLICES, [])
-    assert (tmp_path / "rel.zarr" / schema.raw_shard_key("patient1", "SR_2")).exists()
+    assert (tmp_path / "rel.zarr" / names.raw_shard_key("patient1", "SR_2")).exists()
 
 
 def test_store_on_object_storage_matches_the_local_store(cohort, cluster, s3, client, tmp_path):
@@ -326,16 +324,16 @@ def test_object_store_listings_are_never_stale(s3):
     import s3fs
 
     url = f"s3://{BUCKET}/listings.zarr"
-    root = schema.open_root(url, mode="w", storage_options=s3)
+    root = open_root(url, mode="w", storage_options=s3)
     root.create_group("patient1")
-    fs, base = schema.filesystem(url, s3)
+    fs, base = filesystem(url, s3)
     assert len(fs.ls(base)) == 2 and list(root.group_keys()) == ["patient1"]  # list it (fsspec and zarr)
     worker = s3fs.S3FileSystem(skip_instance_cache=True, **s3)  # another process, in effect
     worker.pipe_file(f"{base}/patient2/zarr.json", json.dumps({"zarr_format": 3, "node_type": "group"}).encode())
-    fs, base = schema.filesystem(url, s3)
+    fs, base = filesystem(url, s3)
     assert fs.exists(f"{base}/patient2/zarr.json") and len(fs.ls(base)) == 3
     assert fs.glob(f"{base}/*/zarr.json") == [f"{base}/patient1/zarr.json", f"{base}/patient2/zarr.json"]
-    assert sorted(schema.open_root(url, storage_options=s3).group_keys()) == ["patient1", "patient2"]
+    assert sorted(open_root(url, storage_options=s3).group_keys()) == ["patient1", "patient2"]
 
 
 def test_local_cluster_starts_while_port_8787_is_taken():

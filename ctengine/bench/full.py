@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..features import compute_features, features_path
+from ..features import compute_features
 from ..ingestion import ingest
+from ..store import features_path, names
 from ..synth import CohortPlan, plan_cohort, write_cohort
 from ..synth.write import TREE
 from ._common import cluster, on_machine, warm_workers, worker_count
@@ -139,7 +140,7 @@ def run(workdir: Path, *, keep: bool = False, scheduler: str | None = None, work
     need = disk_needed(plan)
     free = check_disk(workdir, need)
     src, store = workdir / "src", workdir / "store.zarr"
-    sidecars = (Path(features_path(str(store))), Path(f"{store}.lock"))
+    sidecars = (Path(features_path(store)), Path(names.lock_path(str(store))))
 
     def disk() -> int:
         return disk_bytes(src / TREE, store, *sidecars)

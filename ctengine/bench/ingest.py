@@ -20,7 +20,7 @@ import tifffile
 import zarr
 
 import ctengine
-from .. import _shard, store as schema
+from ..store import schema, shard
 from ..synth import write_cohort
 from ._common import cluster, on_machine, pick_sizes, worker_count
 
@@ -41,7 +41,7 @@ def ceiling(files: list[str], cores: int) -> dict:
     images = [tifffile.imread(f) for f in sample]
     decode = len(sample) / (time.perf_counter() - start)
     start = time.perf_counter()
-    encoded = [_shard.encode_chunk(image) for image in images]
+    encoded = [shard.encode_chunk(image) for image in images]
     compress = len(sample) / (time.perf_counter() - start)
     ratio = sum(i.nbytes for i in images) / sum(len(e) for e in encoded)
     return {"decode_slices_per_s": decode, "compress_slices_per_s": compress, "codec_ratio": ratio,

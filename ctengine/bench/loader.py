@@ -22,6 +22,7 @@ import zarr
 import ctengine
 from ..cluster import default_workers
 from ..loader import SliceLoader, slice_rows
+from ..store import names
 from ..synth import write_cohort
 from ._common import cluster, on_machine, pick_sizes
 
@@ -56,7 +57,7 @@ class ZarrDataset(torch.utils.data.Dataset):
         if self.root is None:
             self.root = zarr.open_group(self.store, mode="r")
         patient, series, z, target = self.items[i]
-        return torch.from_numpy(self.root[f"{patient}/{series}/0"][int(z)].astype(np.float32))[None], int(target)
+        return torch.from_numpy(self.root[names.series_path(patient, series, names.RAW)][int(z)].astype(np.float32))[None], int(target)
 
 
 def timed(batches) -> dict:

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..features import compute_features, features_path
+from ..features import compute_features
 from ..ingestion import ingest
+from ..store import features_path
 from ..synth import write_cohort
 from ._common import on_machine, pick_sizes, warm_workers
 

@@ -4,24 +4,34 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import store as schema
+from .handle import open_store
 
 
 def store_info(store: str | os.PathLike, *, storage_options: dict | None = None) -> dict[str, Any]:
     """Patients, series and slices per label, raw and stored bytes, compression ratio.
 
-    Bytes: raw = slices x y x x x 2 (uint16); stored = the raw shards on disk.
+    Parameters
+    ----------
+    store : str or path
+        Store path or fsspec URL.
+    storage_options : dict, optional
+        fsspec options of a remote store.
+
+    Returns
+    -------
+    dict
+        store, patients, series, slices, labels (per label: patients,
+        series, slices, labelled_slices), bytes_raw (slices x y x x x 2,
+        uint16), bytes_stored (the raw shards), ratio, quarantined (files).
     """
-    opened = schema.open_store(store, storage_options=storage_options)
+    opened = open_store(store, storage_options=storage_options)
     catalog = opened.catalog
     labels = {}
     for label, rows in catalog.groupby("label"):
         labels[str(label)] = {"patients": int(rows["patient"].nunique()),
                               "series": int(len(rows[["patient", "series"]].drop_duplicates())),
                               "slices": int(len(rows)), "labelled_slices": int(rows["labelled"].sum())}
-    fs, root = schema.filesystem(opened.url, storage_options)
-    shards = fs.glob(f"{root}/*/*/{schema.RAW}/c/0/0/0", detail=True)
-    stored = int(sum(info["size"] for info in shards.values()))
+    stored = opened.raw_shard_bytes()
     raw = 0
     for patient, series in opened.series_keys():
         shape = opened.raw(patient, series).shape

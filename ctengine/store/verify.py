@@ -10,10 +10,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
-import pandas as pd
-
-from . import layout, store as schema
-from .tiffio import BadSliceError, decode_slice, slice_checksum
+from .. import layout
+from ..tiffio import BadSliceError, decode_slice, slice_checksum
+from .handle import Store, open_store
 
 
 @dataclass
@@ -29,11 +28,10 @@ class VerifyReport:
         return not self.mismatches
 
 
-def _check_series(url: str, storage_options: dict | None, patient: str, series: str,
-                  expected: list[str]) -> list[tuple[str, str]]:
-    """Compare the stored stack of one series with its catalog checksums."""
+def _check_series(store: Store, patient: str, series: str, expected: list[str]) -> list[tuple[str, str]]:
+    """Compare the stored stack of one series (read with plain zarr) with its catalog checksums."""
     try:
-        stack = schema.open_root(url, storage_options=storage_options)[f"{patient}/{series}/{schema.RAW}"][:]
+        stack = store.raw(patient, series)[:]
     except Exception as exc:
         return [(f"{patient}/{series}", f"unreadable: {type(exc).__name__}: {exc}")]
     if stack.shape[0] != len(expected):
@@ -59,15 +57,14 @@ def _check_sources(copies: list[tuple[str, str, str]], expected: str) -> list[tu
 def verify(store: str | os.PathLike, *, sources: Iterable[str | os.PathLike] = (), client=None,
            storage_options: dict | None = None) -> VerifyReport:
     """Re-read every stored slice (and optionally every source) and compare checksums (SHA-256)."""
-    from .cluster import dask_client
+    from ..cluster import dask_client
 
-    url = schema.resolve(store)
-    opened = schema.open_store(url, storage_options=storage_options)
+    opened = open_store(store, storage_options=storage_options)
     catalog, quarantined = opened.catalog, set(opened.quarantine["location"])
     report = VerifyReport(slices_checked=len(catalog))
     owned = contextlib.nullcontext(client) if client is not None else dask_client()
     with owned as active:
-        futures = [active.submit(_check_series, url, storage_options, p, s, rows.sort_values("z")["checksum"].tolist(),
+        futures = [active.submit(_check_series, opened, p, s, rows.sort_values("z")["checksum"].tolist(),
                                  pure=False)
                    for (p, s), rows in catalog.groupby(["patient", "series"])]
         sources = list(sources)
@@ -90,7 +87,3 @@ def verify(store: str | os.PathLike, *, sources: Iterable[str | os.PathLike] = (
             report.mismatches.extend(result)
     return report
 
-
-def verify_table(report: VerifyReport) -> pd.DataFrame:
-    """Mismatches as a DataFrame (what, reason)."""
-    return pd.DataFrame(report.mismatches, columns=["what", "reason"])

@@ -1,0 +1,342 @@
+"""The store handle: one object that owns a store's root group, filesystem and base path.
+
+Everything that reads or writes a store goes through :class:`Store`
+(ingest, features, verify, the loader, training), so the contract of
+:mod:`ctengine.store.names` is applied in one place. A handle pickles as
+its location, so it can be sent to Dask workers, which reopen it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import zarr
+
+from . import names, schema, shard, tables
+from .names import LABELS, LUNG, LUNG_ARRAY, LUNG_FEATURES, RAW
+
+
+def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec filesystem and root path of a location (remote: no listings cache, see :class:`Store`)."""
+    options = dict(storage_options or {})
+    if names.is_remote(url):
+        options.setdefault("use_listings_cache", False)
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    return fs, root.rstrip("/")
+
+
+def open_root(url: str, *, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
+    """The root zarr group of a location (local path or fsspec URL), zarr format 3."""
+    kwargs: dict[str, Any] = {}
+    if "://" in url:
+        options = dict(storage_options or {})
+        if names.is_remote(url):
+            options.setdefault("use_listings_cache", False)
+        kwargs = {"storage_options": options} if options else {}
+    return zarr.open_group(url, mode=mode, zarr_format=3, **kwargs)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return bool({"file", "local"} & set(protocols))
+
+
+def _reopen(url: str, mode: str, storage_options: dict | None) -> "Store":
+    return Store(url, mode=mode, storage_options=storage_options)
+
+
+class Store:
+    """A ctengine store, opened for reading (``mode="r"``) or writing (``mode="a"``).
+
+    Parameters
+    ----------
+    url : str or path
+        Local path (made absolute) or fsspec URL (``s3://bucket/covid.zarr``).
+    mode : {"r", "a"}
+        ``"r"``: the location must be a ctengine store. ``"a"``: created
+        when missing (ingest writes the root attributes).
+    storage_options : dict, optional
+        fsspec options (endpoint, credentials). Remote stores are opened
+        without a listings cache unless these set ``use_listings_cache``:
+        workers write the store concurrently, so a cached listing goes stale.
+
+    Attributes
+    ----------
+    url : str
+    root : zarr.Group
+    fs : fsspec.AbstractFileSystem
+    base : str
+        Path of the store's root on ``fs``.
+    """
+
+    def __init__(self, url: str | os.PathLike, *, mode: str = "r", storage_options: dict | None = None):
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        self.url = names.resolve(url)
+        self.mode = mode
+        self.storage_options = storage_options
+        self.root = open_root(self.url, mode=mode, storage_options=storage_options)
+        if mode == "r" and self.root.attrs.get("format") != names.FORMAT:
+            raise ValueError(f"{self.url!r} is not a ctengine store (root attribute format={names.FORMAT!r} missing)")
+        self.fs, self.base = filesystem(self.url, storage_options)
+        self._catalog: pd.DataFrame | None = None
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def __reduce__(self):
+        return _reopen, (self.url, self.mode, self.storage_options)
+
+    # ------------------------------------------------------------ objects
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write one object under the store (atomically on local disks: temporary file and rename)."""
+        path = f"{self.base}/{key}"
+        if _is_local(self.fs):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.partial"
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def shard_path(self, patient: str, series: str, array: str = RAW) -> str:
+        """Path on :attr:`fs` of the shard of ``array`` (:data:`RAW` or :data:`LUNG_ARRAY`) of a series."""
+        return f"{self.base}/{names.shard_key(names.series_path(patient, series, array))}"
+
+    @property
+    def local(self) -> bool:
+        """Whether the store is on a local disk."""
+        return _is_local(self.fs)
+
+    def write_stack(self, group: zarr.Group, stack: np.ndarray, name: str = RAW) -> int:
+        """Create the array ``name`` in ``group`` and write ``stack`` (z, y, x) as one shard; return bytes written."""
+        data = shard.encode_shard([shard.encode_chunk(image) for image in stack])
+        schema.create_stack_array(group, stack.shape[0], stack.shape[1:], dtype=stack.dtype, name=name)
+        self.put(names.shard_key(f"{group.path}/{name}"), data)
+        return len(data)
+
+    def read_stack(self, array: zarr.Array) -> np.ndarray:
+        """Read a whole single-shard stack at codec speed (one object read, C decoding)."""
+        data = self.fs.cat_file(f"{self.base}/{names.shard_key(array.path)}")
+        return shard.decode_shard(data, array.shape, dtype=array.dtype)
+
+    def raw_shard_bytes(self) -> int:
+        """Bytes of every raw shard of the store."""
+        found = self.fs.glob(f"{self.base}/*/*/{names.shard_key(RAW)}", detail=True)
+        return int(sum(info["size"] for info in found.values()))
+
+    # ------------------------------------------------------------ tables
+
+    def initialise(self) -> None:
+        """Write the root attributes of a ctengine store unless they are there already."""
+        attrs = schema.root_attributes()
+        if {k: self.root.attrs.get(k) for k in attrs} != json.loads(json.dumps(attrs)):
+            self.root.attrs.update(attrs)
+
+    def read_table(self, name: str) -> pd.DataFrame | None:
+        """A table of the root (:data:`~ctengine.store.names.CATALOG`, ...), None when absent."""
+        return tables.read_table(self.root, name) if name in self.root else None
+
+    def write_table(self, name: str, table: pd.DataFrame, *, if_changed: bool = False) -> bool:
+        """Write a table of the root; with ``if_changed``, only when it differs. Return whether it wrote."""
+        self._catalog = None
+        if if_changed:
+            return tables.write_table_if_changed(self.root, name, table)
+        tables.write_table(self.root, name, table)
+        return True
+
+    @property
+    def catalog(self) -> pd.DataFrame:
+        """One row per stored slice (see :func:`ctengine.layout.build_catalog`)."""
+        if self._catalog is None:
+            if names.CATALOG not in self.root:
+                raise ValueError(f"store {self.url!r} has no catalog yet (ingest did not finish)")
+            self._catalog = tables.read_table(self.root, names.CATALOG)
+        return self._catalog
+
+    @property
+    def quarantine(self) -> pd.DataFrame:
+        """Files refused by ingest: location and reason."""
+        table = self.read_table(names.QUARANTINE)
+        return pd.DataFrame(columns=list(names.QUARANTINE_COLUMNS)) if table is None else table
+
+    @property
+    def features_url(self) -> str:
+        """Folder of the Parquet feature tables beside the store."""
+        return names.features_path(self.url)
+
+    @property
+    def features(self) -> pd.DataFrame:
+        """Per-slice features written by :func:`ctengine.features.compute_features` (one row per slice)."""
+        return self.feature_table("slices")
+
+    def feature_table(self, name: str = "slices") -> pd.DataFrame:
+        """A feature table beside the store: ``slices``, ``series`` or ``patients``."""
+        if name not in names.FEATURE_TABLES:
+            raise ValueError(f"feature table must be slices, series or patients, got {name!r}")
+        fs, base = filesystem(self.features_url, self.storage_options)
+        path = f"{base}/{name}.parquet"
+        if not fs.exists(path):
+            raise ValueError(f"store {self.url!r} has no features yet: run `ctengine features {self.url}`")
+        with fs.open(path, "rb") as handle:
+            return pd.read_parquet(handle)
+
+    def write_feature_tables(self, frames: dict[str, pd.DataFrame]) -> None:
+        """Write feature tables (``slices``, ``series``, ``patients``) as Parquet beside the store."""
+        fs, base = filesystem(self.features_url, self.storage_options)
+        fs.makedirs(base, exist_ok=True)
+        for name, table in frames.items():
+            if name not in names.FEATURE_TABLES:
+                raise ValueError(f"feature table must be slices, series or patients, got {name!r}")
+            with fs.open(f"{base}/{name}.parquet", "wb") as handle:
+                table.to_parquet(handle, index=False)
+
+    # ------------------------------------------------------------ series
+
+    def series_keys(self) -> list[tuple[str, str]]:
+        """Every stored (patient, series), sorted."""
+        keys = self.catalog[["patient", "series"]].drop_duplicates()
+        return [tuple(k) for k in keys.itertuples(index=False)]
+
+    def series_group(self, patient: str, series: str) -> zarr.Group:
+        """The zarr group of a series."""
+        return self.root[names.series_path(patient, series)]
+
+    def raw(self, patient: str, series: str) -> zarr.Array:
+        """The raw uint16 (z, y, x) zarr array of a series."""
+        return self.root[names.series_path(patient, series, RAW)]
+
+    def read_raw(self, patient: str, series: str) -> np.ndarray:
+        """The whole raw stack (z, y, x) of a series as numpy, read at codec speed."""
+        return self.read_stack(self.raw(patient, series))
+
+    def has_lung_mask(self, patient: str, series: str) -> bool:
+        """Whether the series has a stored lung mask."""
+        return names.series_path(patient, series, LUNG_ARRAY) in self.root
+
+    def lung_mask(self, patient: str, series: str) -> zarr.Array:
+        """The stored lung mask (uint8 (z, y, x): 0 background, 1 right, 2 left lung) of a series."""
+        if not self.has_lung_mask(patient, series):
+            raise ValueError(f"{patient}/{series} has no lung mask yet: run `ctengine features {self.url}`")
+        return self.root[names.series_path(patient, series, LUNG_ARRAY)]
+
+    def series_attrs(self, patient: str, series: str) -> dict[str, Any]:
+        """Attributes of a series group (thickness, spacing, rescale, kernel, instances, ...)."""
+        return dict(self.series_group(patient, series).attrs)
+
+    def rescale(self, patient: str, series: str) -> tuple[float, float]:
+        """(slope, intercept) of a series: HU = raw * slope + intercept."""
+        return names.rescale(self.series_attrs(patient, series))
+
+    def spacing(self, patient: str, series: str) -> tuple[float, float] | None:
+        """(y, x) pixel spacing of a series in mm, None when unknown."""
+        return names.spacing(self.series_attrs(patient, series))
+
+    # ------------------------------------------------------------ writing series (ingest)
+
+    def write_patient(self, patient: str, attrs: dict[str, Any]) -> None:
+        """Create a patient group and set its attributes unless they are there already."""
+        group = self.root.require_group(patient)
+        if dict(group.attrs) != attrs:
+            group.attrs.update(attrs)
+
+    def completed_series(self, patient: str, series: str, plan: str) -> dict[str, Any] | None:
+        """The attributes of a series when it is complete for ``plan``, else None."""
+        try:
+            attrs = dict(self.root[names.series_path(patient, series)].attrs)
+        except Exception:  # missing or half-written metadata: not complete
+            return None
+        return attrs if names.is_complete(attrs, plan) else None
+
+    def begin_series(self, patient: str, series: str) -> zarr.Group:
+        """(Re)create the group of a series, marked incomplete."""
+        return self.root.require_group(patient).create_group(series, overwrite=True, attributes=names.incomplete())
+
+    def finish_series(self, group: zarr.Group, attrs: dict[str, Any], plan: str) -> None:
+        """Set a series' attributes and OME-Zarr metadata, and mark it complete for ``plan``."""
+        ome = schema.ome_multiscales(group.path, scale=schema.attrs_scale(attrs))
+        group.attrs.update({**attrs, "ome": ome, **names.complete(plan)})
+
+    # ------------------------------------------------------------ lung labels (features)
+
+    def completed_lung(self, patient: str, series: str, plan: str) -> pd.DataFrame | None:
+        """The per-slice features of a series' lung label when complete for ``plan``, else None."""
+        try:
+            lung = self.root[names.series_path(patient, series, f"{LABELS}/{LUNG}")]
+            if names.is_complete(lung.attrs, plan):
+                return tables.read_matrix(lung[LUNG_FEATURES])
+        except Exception:  # missing or half-written: compute again
+            return None
+        return None
+
+    def write_lung(self, patient: str, series: str, mask: np.ndarray, table: pd.DataFrame, plan: str) -> None:
+        """Store a series' lung mask (OME-Zarr label) and per-slice features, then mark them complete."""
+        group = self.series_group(patient, series)
+        labels = group.require_group(LABELS)
+        labels.attrs.update({"ome": schema.ome_labels()})
+        lung = labels.create_group(LUNG, overwrite=True, attributes=names.incomplete())
+        self.write_stack(lung, mask.astype(np.uint8, copy=False))
+        tables.write_matrix(lung, LUNG_FEATURES, table)
+        ome = schema.ome_lung_label(f"{group.path}/{LABELS}/{LUNG}", scale=schema.attrs_scale(dict(group.attrs)))
+        lung.attrs.update({"ome": ome, **names.complete(plan)})
+
+    # ------------------------------------------------------------ views
+
+    def series(self, patient: str, series: str):
+        """A dask-backed ``xarray.DataArray`` (instance, y, x) of raw values, mm coordinates where known."""
+        import dask.array as da
+        import xarray as xr
+
+        array = self.raw(patient, series)
+        attrs = self.series_attrs(patient, series)
+        z, ny, nx = array.shape
+        sy, sx = attrs.get("spacing_mm") or (None, None)
+        coords: dict[str, Any] = {"instance": np.asarray(attrs["instances"], dtype=np.int64)}
+        coords["y"] = np.arange(ny) * sy if sy else np.arange(ny)
+        coords["x"] = np.arange(nx) * sx if sx else np.arange(nx)
+        if attrs.get("thickness_mm"):
+            coords["z_mm"] = ("instance", np.arange(z) * float(attrs["thickness_mm"]))
+        keep = ("thickness_mm", "spacing_mm", "kernel", "window_center", "window_width")
+        slope, intercept = names.rescale(attrs)
+        return xr.DataArray(da.from_zarr(array), dims=("instance", "y", "x"), coords=coords,
+                            name=f"{patient}/{series}",
+                            attrs={"units": "raw", "slope": slope, "intercept": intercept,
+                                   **{k: attrs[k] for k in keep if attrs.get(k) is not None}})
+
+    def to_datatree(self):
+        """The whole store as an ``xarray.DataTree`` (lazy, dask-backed)."""
+        import xarray as xr
+
+        kwargs = {"storage_options": self.storage_options} if self.storage_options else {}
+        return xr.open_datatree(self.url, engine="zarr", chunks={}, consolidated=False, **kwargs)
+
+
+def open_store(url: str | os.PathLike, *, mode: str = "r", storage_options: dict | None = None) -> Store:
+    """Open a ctengine store.
+
+    Parameters
+    ----------
+    url : str or path
+        Local path or fsspec URL.
+    mode : {"r", "a"}
+        Read an existing store, or open one for writing (created if missing).
+    storage_options : dict, optional
+        fsspec options of a remote store.
+
+    Returns
+    -------
+    Store
+
+    Examples
+    --------
+    >>> store = open_store("covid.zarr")  # doctest: +SKIP
+    >>> store.catalog.groupby("label").size()  # doctest: +SKIP
+    """
+    return Store(url, mode=mode, storage_options=storage_options)

@@ -1,0 +1,74 @@
+"""The store contract in ctengine.store: names, rescale defaults, the handle."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import zarr
+
+from ctengine.store import Store, names, open_store, shard
+
+
+@pytest.mark.parametrize("url, remote", [
+    ("covid.zarr", False), ("/data/covid.zarr", False), ("file:///data/covid.zarr", False),
+    ("local:///data/covid.zarr", False), ("s3://bucket/covid.zarr", True), ("gs://bucket/covid.zarr", True),
+    ("simplecache::s3://bucket/covid.zarr", True)])
+def test_local_or_remote(url, remote):
+    assert names.is_remote(url) is remote
+
+
+@pytest.mark.parametrize("attrs, expected", [
+    ({}, (1.0, -1024.0)), ({"slope": None, "intercept": None}, (1.0, -1024.0)),
+    ({"slope": 1.0, "intercept": 0.0}, (1.0, 0.0)), ({"slope": 2.0, "intercept": -1000.0}, (2.0, -1000.0))])
+def test_rescale_defaults_apply_only_to_missing_values(attrs, expected):
+    assert names.rescale(attrs) == expected
+
+
+def test_shard_index_size_matches_the_encoder():
+    chunks = [shard.encode_chunk(np.full((4, 4), v, dtype="<u2")) for v in range(3)]
+    data = shard.encode_shard(chunks)
+    assert len(data) - sum(map(len, chunks)) == names.shard_index_nbytes(3)
+    assert shard.shard_index(data, 3)[:, 1].tolist() == [len(c) for c in chunks]
+
+
+def test_paths_of_the_contract():
+    assert names.raw_shard_key("patient1", "SR_2") == "patient1/SR_2/0/c/0/0/0"
+    assert names.series_path("patient1", "SR_2", names.LUNG_ARRAY) == "patient1/SR_2/labels/lung/0"
+    assert names.features_path("/data/covid.zarr/") == "/data/covid.zarr.features"
+    assert names.lock_path("file:///data/covid.zarr") == "/data/covid.zarr.lock"
+
+
+def test_completion_marker():
+    assert not names.is_complete(names.incomplete(), "abc")
+    assert names.is_complete(names.complete("abc"), "abc")
+    assert not names.is_complete(names.complete("abc"), "abd")
+    assert not names.is_complete({}, "abc")
+
+
+def test_a_writable_handle_stores_a_series_that_plain_zarr_reads(tmp_path):
+    store = open_store(tmp_path / "s.zarr", mode="a")
+    store.initialise()
+    stack = np.arange(3 * 8 * 8, dtype="<u2").reshape(3, 8, 8)
+    group = store.begin_series("patient1", "SR_2")
+    assert store.completed_series("patient1", "SR_2", "plan") is None
+    store.write_stack(group, stack)
+    store.finish_series(group, {"intercept": 0.0, "slope": 1.0, "spacing_mm": [0.5, 0.5], "instances": [1, 2, 3]},
+                         "plan")
+    assert store.completed_series("patient1", "SR_2", "plan") is not None
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "s.zarr", mode="r")["patient1/SR_2/0"][:], stack)
+    reopened = pickle.loads(pickle.dumps(open_store(tmp_path / "s.zarr")))
+    assert isinstance(reopened, Store) and reopened.url == store.url
+    np.testing.assert_array_equal(reopened.read_raw("patient1", "SR_2"), stack)
+    assert reopened.rescale("patient1", "SR_2") == (1.0, 0.0)
+    assert reopened.series("patient1", "SR_2").attrs["intercept"] == 0.0
+    assert reopened.spacing("patient1", "SR_2") == (0.5, 0.5)
+    assert not reopened.has_lung_mask("patient1", "SR_2")
+
+
+def test_reading_refuses_a_foreign_group(tmp_path):
+    zarr.open_group(tmp_path / "other.zarr", mode="w")
+    with pytest.raises(ValueError, match="not a ctengine store"):
+        open_store(tmp_path / "other.zarr")
+    with pytest.raises(ValueError, match="mode must be"):
+        open_store(tmp_path / "other.zarr", mode="w")
