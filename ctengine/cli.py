@@ -134,8 +134,11 @@ def verify(store, sources, storage_options, workers, scheduler) -> None:
         report = run_verify(store, sources=sources, client=client, storage_options=_storage_options(storage_options))
     for what, reason in report.mismatches:
         click.echo(f"MISMATCH {what}: {reason}", err=True)
+    for series, reason in report.failed_series:
+        click.echo(f"failed series: {series}: {reason}", err=True)
+    failed = f", {len(report.failed_series)} failed series" if report.failed_series else ""
     click.echo(f"checked {report.slices_checked} stored slices and {report.sources_checked} source files: "
-               f"{'OK' if report.ok else f'{len(report.mismatches)} mismatch(es)'}")
+               f"{'OK' if report.ok else f'{len(report.mismatches)} mismatch(es){failed}'}")
     if not report.ok:
         sys.exit(1)
 

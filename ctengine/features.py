@@ -12,37 +12,35 @@ run resumes; a failing series is reported and the rest completes.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
+from .driver import RunReport, map_series
 from .store import Store, features_path, names, open_store
 
 __all__ = ["FeatureReport", "compute_features", "compute_series", "features_path", "series_features"]
 
 
 @dataclass
-class FeatureReport:
-    """What a feature run did."""
+class FeatureReport(RunReport):
+    """What a feature run did: series computed and skipped, slices in the catalog and computed."""
 
-    store: str
     series_computed: int = 0
     series_skipped: int = 0
     slices: int = 0
     slices_computed: int = 0
-    seconds: float = 0.0
-    failed_series: list[tuple[str, str]] = field(default_factory=list)
+    derived: ClassVar[tuple[str, ...]] = ("slices_per_second",)
 
     @property
     def slices_per_second(self) -> float:
+        """Slices computed per second of the run."""
         return self.slices_computed / self.seconds if self.seconds else float("nan")
 
 
@@ -112,11 +110,6 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
     -------
     FeatureReport
     """
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
-    from .cluster import dask_client
-
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     started = time.perf_counter()
@@ -124,27 +117,18 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
     catalog = opened.catalog
     sizes = catalog.groupby(["patient", "series"]).size()
     report = FeatureReport(store=opened.url, slices=len(catalog))
+    outcome = map_series(compute_series, [(opened, p, s, device) for p, s in sizes.index],
+                         labels=[f"{p}/{s}" for p, s in sizes.index], name="features", client=client,
+                         weights=[int(n) for n in sizes], unit="slice", progress=progress)
+    report.failed_series.extend(outcome.failures)
     tables = []
-    owned = contextlib.nullcontext(client) if client is not None else dask_client()
-    with owned as active, tqdm(total=len(catalog), unit="slice", desc="features", disable=not progress) as bar:
-        run = uuid.uuid4().hex[:8]  # keys unique per run: the scheduler may still hold an older run's results
-        futures = [active.submit(compute_series, opened, p, s, device, key=f"features-{p}-{s}-{run}",
-                                 retries=2, pure=False) for p, s in sizes.index]
-        keys = dict(zip([f.key for f in futures], sizes.index))
-        for future in as_completed(futures):
-            patient, series = keys[future.key]
-            bar.update(int(sizes[(patient, series)]))
-            try:
-                result = future.result()
-            except Exception as exc:
-                report.failed_series.append((f"{patient}/{series}", f"{type(exc).__name__}: {exc}"))
-                continue
-            if result["status"] == "computed":
-                report.series_computed += 1
-                report.slices_computed += len(result["table"])
-            else:
-                report.series_skipped += 1
-            tables.append(result["table"].assign(patient=patient, series=series))
+    for result in outcome.results:
+        if result["status"] == "computed":
+            report.series_computed += 1
+            report.slices_computed += len(result["table"])
+        else:
+            report.series_skipped += 1
+        tables.append(result["table"].assign(patient=result["patient"], series=result["series"]))
     if tables:
         _write_outputs(opened, pd.concat(tables, ignore_index=True))
     report.seconds = time.perf_counter() - started

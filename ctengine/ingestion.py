@@ -9,61 +9,66 @@ stopped and a second run over a complete store writes nothing.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import time
-import uuid
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 import pandas as pd
 
 from . import layout
 from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
+from .driver import RunReport, map_series
 from .store import Store, names, open_store, store_lock
 from .tiffio import BadSliceError, decode_slice, slice_checksum
 
 
 
 @dataclass
-class IngestReport:
-    """What an ingest did (bytes are raw pixels in and encoded shards out)."""
+class IngestReport(RunReport):
+    """What an ingest did (bytes are raw pixels in and encoded shards out).
 
-    store: str
+    Attributes
+    ----------
+    slices : int
+        Slices in the store's catalog after the run.
+    slices_written, series_written, series_skipped : int
+    bytes_raw, bytes_stored : int
+        Raw pixel bytes read and encoded shard bytes written.
+    quarantined : list of (str, str)
+        Refused files: (location, reason).
+    catalog_written : bool
+        Whether the catalog changed.
+    """
+
     slices: int = 0
     slices_written: int = 0
     series_written: int = 0
     series_skipped: int = 0
     bytes_raw: int = 0
     bytes_stored: int = 0
-    seconds: float = 0.0
     quarantined: list[tuple[str, str]] = field(default_factory=list)
-    failed_series: list[tuple[str, str]] = field(default_factory=list)
     catalog_written: bool = False
+    derived: ClassVar[tuple[str, ...]] = ("ratio", "slices_per_second")
 
     @property
     def ratio(self) -> float:
+        """Compression ratio: raw bytes / stored bytes."""
         return self.bytes_raw / self.bytes_stored if self.bytes_stored else float("nan")
 
     @property
     def slices_per_second(self) -> float:
+        """Slices written per second of the run."""
         return self.slices_written / self.seconds if self.seconds else float("nan")
 
     @property
     def nothing_written(self) -> bool:
+        """True when the store was already complete."""
         return self.series_written == 0 and not self.catalog_written
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"store": self.store, "slices": self.slices, "slices_written": self.slices_written,
-                "series_written": self.series_written, "series_skipped": self.series_skipped,
-                "bytes_raw": self.bytes_raw, "bytes_stored": self.bytes_stored, "ratio": self.ratio,
-                "seconds": self.seconds, "slices_per_second": self.slices_per_second,
-                "quarantined": [list(q) for q in self.quarantined],
-                "failed_series": [list(f) for f in self.failed_series]}
 
 
 # ---------------------------------------------------------------- one series (runs on a worker)
@@ -225,27 +230,11 @@ def _plain(value: Any) -> Any:
 
 def _run(tasks: list[SeriesTask], client, *, progress: bool, report: IngestReport) -> list[dict[str, Any]]:
     """Map the tasks on the cluster; a failing series is reported, the rest completes."""
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
-    from .cluster import dask_client
-
-    owned = contextlib.nullcontext(client) if client is not None else dask_client()
-    results = []
-    with owned as active, tqdm(total=sum(len(t.instances) for t in tasks), unit="slice", desc="ingest",
-                               disable=not progress) as bar:
-        run = uuid.uuid4().hex[:8]  # keys unique per run: the scheduler may still hold an older run's results
-        futures = active.map(ingest_series, tasks, key=[f"ingest-{t.patient}-{t.series}-{run}" for t in tasks],
-                             retries=2, pure=False)
-        by_key = {f.key: t for f, t in zip(futures, tasks)}
-        for future in as_completed(futures):
-            task = by_key[future.key]
-            bar.update(len(task.instances))
-            try:
-                results.append(future.result())
-            except Exception as exc:  # the worker raised: report the series, keep going
-                report.failed_series.append((f"{task.patient}/{task.series}", f"{type(exc).__name__}: {exc}"))
-    return results
+    outcome = map_series(ingest_series, [(t,) for t in tasks], labels=[f"{t.patient}/{t.series}" for t in tasks],
+                         name="ingest", client=client, weights=[len(t.instances) for t in tasks], unit="slice",
+                         progress=progress)
+    report.failed_series.extend(outcome.failures)
+    return outcome.results
 
 
 def _apply_results(catalog: pd.DataFrame, results: list[dict[str, Any]], report: IngestReport) -> pd.DataFrame:

@@ -5,19 +5,22 @@ store can be proven bit-exact against the archives it came from.
 """
 from __future__ import annotations
 
-import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import pandas as pd
+
 from .. import layout
+from ..driver import RunReport, map_series
 from ..tiffio import BadSliceError, decode_slice, slice_checksum
 from .handle import Store, open_store
 
 
 @dataclass
-class VerifyReport:
-    """Slices checked and every mismatch as (what, reason)."""
+class VerifyReport(RunReport):
+    """Slices and source files checked, and every mismatch as (what, reason)."""
 
     slices_checked: int = 0
     sources_checked: int = 0
@@ -25,19 +28,26 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches
+        """True when everything matched and no series failed to be checked."""
+        return not self.mismatches and not self.failed_series
 
 
-def _check_series(store: Store, patient: str, series: str, expected: list[str]) -> list[tuple[str, str]]:
-    """Compare the stored stack of one series (read with plain zarr) with its catalog checksums."""
+def _check_series(store: Store, patient: str, series: str, expected: list[str],
+                  sources: list[tuple[str, list[tuple[str, str, str]]]]) -> list[tuple[str, str]]:
+    """Compare the stored stack of one series (read with plain zarr) with its catalog checksums.
+
+    ``sources`` are (checksum, copies) of the series' source files, each
+    copy (archive, path, name), decoded again and compared too.
+    """
+    problems = [problem for checksum, copies in sources for problem in _check_sources(copies, checksum)]
     try:
         stack = store.raw(patient, series)[:]
     except Exception as exc:
-        return [(f"{patient}/{series}", f"unreadable: {type(exc).__name__}: {exc}")]
+        return [(f"{patient}/{series}", f"unreadable: {type(exc).__name__}: {exc}"), *problems]
     if stack.shape[0] != len(expected):
-        return [(f"{patient}/{series}", f"{stack.shape[0]} slices stored, catalog lists {len(expected)}")]
+        return [(f"{patient}/{series}", f"{stack.shape[0]} slices stored, catalog lists {len(expected)}"), *problems]
     return [(f"{patient}/{series}/z{z}", "stored pixels do not match the catalog checksum")
-            for z, checksum in enumerate(expected) if slice_checksum(stack[z]) != checksum]
+            for z, checksum in enumerate(expected) if slice_checksum(stack[z]) != checksum] + problems
 
 
 def _check_sources(copies: list[tuple[str, str, str]], expected: str) -> list[tuple[str, str]]:
@@ -55,35 +65,59 @@ def _check_sources(copies: list[tuple[str, str, str]], expected: str) -> list[tu
 
 
 def verify(store: str | os.PathLike, *, sources: Iterable[str | os.PathLike] = (), client=None,
-           storage_options: dict | None = None) -> VerifyReport:
-    """Re-read every stored slice (and optionally every source) and compare checksums (SHA-256)."""
-    from ..cluster import dask_client
+           storage_options: dict | None = None, progress: bool = False) -> VerifyReport:
+    """Re-read every stored slice (and optionally every source) and compare checksums (SHA-256).
 
+    Parameters
+    ----------
+    store : str or path
+        Store path or fsspec URL.
+    sources : paths, optional
+        Source trees or archives the store was ingested from; every file not
+        quarantined is decoded again and compared with the stored slice.
+    client : distributed.Client, optional
+        Default: a LocalCluster sized to the machine.
+    storage_options : dict, optional
+        fsspec options of a remote store.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    VerifyReport
+    """
+    started = time.perf_counter()
     opened = open_store(store, storage_options=storage_options)
     catalog, quarantined = opened.catalog, set(opened.quarantine["location"])
-    report = VerifyReport(slices_checked=len(catalog))
-    owned = contextlib.nullcontext(client) if client is not None else dask_client()
-    with owned as active:
-        futures = [active.submit(_check_series, opened, p, s, rows.sort_values("z")["checksum"].tolist(),
-                                 pure=False)
-                   for (p, s), rows in catalog.groupby(["patient", "series"])]
-        sources = list(sources)
-        if sources:
-            files = layout.scan(sources).files
-            locations = [f"{a}::{p}" if a else p for a, p in zip(files["archive"], files["path"])]
-            files = files[[loc not in quarantined for loc in locations]]
-            merged = files.merge(catalog[["patient", "series", "instance", "checksum"]],
-                                 on=["patient", "series", "instance"], how="left")
-            missing = merged[merged["checksum"].isna()]
-            report.mismatches.extend((f"{a}::{p}" if a else p, "source slice is not in the store")
-                                     for a, p in zip(missing["archive"], missing["path"]))
-            merged = merged.dropna(subset=["checksum"])
-            report.sources_checked = len(merged)
-            for (_, _), rows in merged.groupby(["patient", "series"]):
-                for checksum, copies in rows.groupby("checksum"):
-                    futures.append(active.submit(_check_sources, list(zip(copies["archive"], copies["path"],
-                                                                          copies["name"])), checksum, pure=False))
-        for result in active.gather(futures):
-            report.mismatches.extend(result)
+    report = VerifyReport(store=opened.url, slices_checked=len(catalog))
+    per_series = _source_copies(catalog, list(sources), quarantined, report)
+    expected = {key: rows.sort_values("z")["checksum"].tolist() for key, rows in catalog.groupby(["patient", "series"])}
+    outcome = map_series(_check_series, [(opened, p, s, sums, per_series.get((p, s), []))
+                                         for (p, s), sums in expected.items()],
+                         labels=[f"{p}/{s}" for p, s in expected], name="verify", client=client,
+                         weights=[len(sums) for sums in expected.values()], unit="slice", progress=progress)
+    for problems in outcome.results:
+        report.mismatches.extend(problems)
+    report.failed_series.extend(outcome.failures)
+    report.seconds = time.perf_counter() - started
     return report
 
+
+def _source_copies(catalog: pd.DataFrame, sources: list, quarantined: set[str],
+                   report: VerifyReport) -> dict[tuple[str, str], list[tuple[str, list[tuple[str, str, str]]]]]:
+    """Source files of each series grouped by stored checksum; files not in the store become mismatches."""
+    if not sources:
+        return {}
+    files = layout.scan(sources).files
+    locations = [f"{a}::{p}" if a else p for a, p in zip(files["archive"], files["path"])]
+    files = files[[loc not in quarantined for loc in locations]]
+    merged = files.merge(catalog[["patient", "series", "instance", "checksum"]],
+                         on=["patient", "series", "instance"], how="left")
+    missing = merged[merged["checksum"].isna()]
+    report.mismatches.extend((f"{a}::{p}" if a else p, "source slice is not in the store")
+                             for a, p in zip(missing["archive"], missing["path"]))
+    merged = merged.dropna(subset=["checksum"])
+    report.sources_checked = len(merged)
+    return {key: [(checksum, list(zip(copies["archive"], copies["path"], copies["name"])))
+                  for checksum, copies in rows.groupby("checksum")]
+            for key, rows in merged.groupby(["patient", "series"])}
