@@ -198,7 +198,7 @@ def features(store, device, storage_options, workers, scheduler) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def train(store, fold, model, epochs, batch_size, lr, out, device, seed) -> None:
     """Train a COVID/normal slice classifier on fold FOLD of STORE."""
-    from .train import train as run_train
+    from .learn.train import train as run_train
 
     result = run_train(store, fold=fold, model=model, epochs=epochs, batch_size=batch_size, lr=lr, out=out,
                        device=device, seed=seed)
@@ -218,8 +218,8 @@ def train(store, fold, model, epochs, batch_size, lr, out, device, seed) -> None
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def evaluate(store, fold, checkpoint, out, threshold, device) -> None:
     """Evaluate CHECKPOINT on the test split of fold FOLD: predictions.csv, metrics.json, plots."""
-    from .evaluate import evaluate as run_evaluate
-    from .metrics import metrics_markdown
+    from .learn.evaluate import evaluate as run_evaluate
+    from .learn.metrics import metrics_markdown
 
     metrics = run_evaluate(store, fold=fold, checkpoint=checkpoint, out=out, threshold=threshold, device=device)
     click.echo(metrics_markdown(metrics, title=f"Fold {fold}"))
@@ -235,7 +235,7 @@ def evaluate(store, fold, checkpoint, out, threshold, device) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def predict(patient_dir, checkpoint, threshold, series, device, as_json) -> None:
     """Select, classify and decide on one patient's folder of TIFFs."""
-    from .evaluate import predict_patient
+    from .learn.predict import predict_patient
 
     result = predict_patient(patient_dir, checkpoint=checkpoint, threshold=threshold, series=series, device=device)
     if as_json:

@@ -43,6 +43,9 @@ MAX_SLICE_PIXELS = 4096 * 4096
 #: separator of multi-valued catalog cells (source names, groups)
 MULTI_SEP = ";"
 
+#: devices of every command and function: "auto" picks the GPU when one is usable
+DEVICES = ("auto", "cpu", "gpu")
+
 #: classifier output indices (logit / probability columns): 0 normal, 1 covid
 CLASS_NORMAL = 0
 CLASS_COVID = 1

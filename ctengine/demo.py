@@ -11,13 +11,13 @@ def run_demo(workdir: str | Path, *, patients: int = 24, epochs: int = 30, seed:
              scheduler: str | None = None, echo: Callable[[str], Any] = print) -> dict[str, Any]:
     """synth -> ingest -> verify -> features -> train -> evaluate -> report; returns the summary."""
     from .cluster import dask_client
-    from .evaluate import evaluate
+    from .learn.evaluate import evaluate
     from .features import compute_features
     from .ingestion import ingest
     from .report import write_report
     from .synth import write_cohort
-    from .train import train
-    from .verify import verify
+    from .learn.train import train
+    from .store import verify
 
     work = Path(workdir)
     source, store = work / "covid-ctset", work / "store.zarr"

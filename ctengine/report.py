@@ -121,7 +121,7 @@ def _table(frame: pd.DataFrame) -> str:
 def write_report(out: str | os.PathLike, *, store: str, evaluation: str | os.PathLike, history: list[dict],
                  metrics: dict[str, Any], throughput: dict[str, float], seconds: dict[str, float]) -> Path:
     """Write ``out/index.html`` and ``out/metrics.json``; return the HTML path."""
-    from .metrics import metrics_markdown
+    from .learn.metrics import metrics_markdown
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from scipy import ndimage  # noqa: E402
 
-from ctengine.augment import (  # noqa: E402
+from ctengine.learn.augment import (  # noqa: E402
     PAPER_AUGMENTATION, AugmentConfig, augment, identity_params, params_to_theta, random_params,
     warp_affine,
 )
@@ -108,7 +108,7 @@ def test_random_warp_matches_scipy_reference(seed):
 
 @pytest.mark.parametrize("shape", [(64, 64), (48, 80), (31, 17)])
 def test_sampling_grid_matches_affine_grid(shape):
-    from ctengine.augment import _sampling_grid
+    from ctengine.learn.augment import _sampling_grid
     theta = params_to_theta(random_params(3, generator=torch.Generator().manual_seed(0)),
                             height=shape[0], width=shape[1])
     want = torch.nn.functional.affine_grid(theta, (3, 1, *shape), align_corners=False)

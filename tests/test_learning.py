@@ -13,10 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ctengine
-from ctengine.evaluate import evaluate, predict_patient
 from ctengine.features import compute_features
+from ctengine.learn.evaluate import evaluate
+from ctengine.learn.predict import predict_patient
+from ctengine.learn.train import train
 from ctengine.synth import write_cohort
-from ctengine.train import train
 
 
 @pytest.fixture(scope="module")

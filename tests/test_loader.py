@@ -1,3 +1,4 @@
+import contextlib
 import tracemalloc
 
 import numpy as np
@@ -8,7 +9,7 @@ import zarr
 torch = pytest.importorskip("torch")
 
 import ctengine
-from ctengine.loader import SliceDataset, SliceLoader, slice_rows
+from ctengine.learn.loader import SliceDataset, SliceLoader, slice_rows
 from conftest import SMALL, make_tree, write_slice
 
 
@@ -69,18 +70,18 @@ def test_bytes_allocated_per_batch_are_bounded(tmp_path, client):
 
 def test_shuffle_is_deterministic_per_seed_and_epoch(store):
     rows = slice_rows(ctengine.open_store(store).catalog)
-    a = SliceLoader(store, rows, shuffle=True, seed=1)
-    b = SliceLoader(store, rows, shuffle=True, seed=1)
-    assert np.array_equal(a.order(), b.order())
-    b.set_epoch(1)
-    assert not np.array_equal(a.order(), b.order())
-    assert sorted(b.order()) == list(range(len(rows)))
-    a.close(), b.close()
+    with SliceLoader(store, rows, shuffle=True, seed=1) as a, SliceLoader(store, rows, shuffle=True, seed=1) as b:
+        assert np.array_equal(a.order(), b.order())
+        b.set_epoch(1)
+        assert not np.array_equal(a.order(), b.order())
+        assert sorted(b.order()) == list(range(len(rows)))
 
 
 def test_ranks_split_the_rows_evenly(store):
     rows = slice_rows(ctengine.open_store(store).catalog)
-    orders = [SliceLoader(store, rows, rank=r, world_size=4, shuffle=True).order() for r in range(4)]
+    with contextlib.ExitStack() as stack:
+        orders = [stack.enter_context(SliceLoader(store, rows, rank=r, world_size=4, shuffle=True)).order()
+                  for r in range(4)]
     assert {len(o) for o in orders} == {11}
     assert set(np.concatenate(orders)) == set(range(42))
     with pytest.raises(ValueError, match="rank 4"):
@@ -139,3 +140,22 @@ def test_lung_only_without_masks_names_the_series(store):
     rows = slice_rows(ctengine.open_store(store).catalog)
     with pytest.raises(ValueError, match=r"6 series have no lung mask \(patient1/SR_2, .*run `ctengine features"):
         SliceLoader(store, rows, batch_size=4, lung_only=True)
+
+
+def test_predict_feeds_the_network_what_the_loader_feeds(phantom_store):
+    from ctengine.learn.loader import DeviceLoader
+    from ctengine.learn.predict import series_inputs
+
+    opened = ctengine.open_store(phantom_store)
+    rows = slice_rows(opened.catalog, selected_only=False)
+    rows = rows[rows["selected"]]
+    assert len(rows)
+    for (patient, series), part in rows.groupby(["patient", "series"]):
+        part = part.sort_values("z")
+        slope, intercept = opened.rescale(patient, series)
+        _, chosen, inputs = series_inputs(opened.read_raw(patient, series), spacing=opened.spacing(patient, series),
+                                          slope=slope, intercept=intercept, lung_only=True)
+        assert chosen.tolist() == part["z"].tolist()
+        with SliceLoader(phantom_store, part, batch_size=len(part), lung_only=True) as loader:
+            images, _, _ = next(iter(DeviceLoader(loader, "cpu")))
+        assert torch.equal(torch.from_numpy(inputs).to(torch.float32), images)

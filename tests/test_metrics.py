@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctengine.metrics import (
+from ctengine.learn.metrics import (
     as_labels, confusion_matrix, image_metrics, mean_over_folds, metrics_markdown,
     patient_decisions, patient_table, plot_confusion_matrix, plot_roc, roc_auc, roc_curve,
 )

@@ -5,8 +5,8 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from ctengine.constants import CLASS_COVID, CLASS_NORMAL  # noqa: E402
-from ctengine.train import recalibrate_batchnorm  # noqa: E402
-from ctengine.model import (  # noqa: E402
+from ctengine.learn.train import recalibrate_batchnorm  # noqa: E402
+from ctengine.learn.model import (  # noqa: E402
     ARCHITECTURES, build_model, load_checkpoint, normalize, parameter_count, save_checkpoint,
 )
 
@@ -243,7 +243,7 @@ def _reference_crop(image: np.ndarray, min_side: int = 64) -> np.ndarray:
 
 
 def test_crop_to_content_zooms_to_the_square_around_the_lungs():
-    from ctengine.model import crop_to_content
+    from ctengine.learn.model import crop_to_content
 
     rng = np.random.default_rng(0)
     x = np.zeros((5, 1, 96, 80), np.float32)

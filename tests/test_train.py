@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ctengine
-from ctengine.evaluate import evaluate, evaluation_rows
-from ctengine.train import fold_catalog, train, training_rows
+from ctengine.learn.evaluate import evaluate, evaluation_rows
+from ctengine.learn.train import fold_catalog, train, training_rows
 from conftest import SMALL, make_tree
 
 
@@ -79,7 +79,7 @@ def test_predict_on_a_patient_folder(tmp_path, client):
     from click.testing import CliRunner
 
     from ctengine.cli import main
-    from ctengine.model import build_model, save_checkpoint
+    from ctengine.learn.model import build_model, save_checkpoint
     from ctengine.synth import write_cohort
 
     write_cohort(tmp_path / "src", patients=2, slices_per_series=8, seed=2, progress=False, workers=1)
@@ -97,7 +97,7 @@ def test_predict_on_a_patient_folder(tmp_path, client):
 
 
 def test_cosine_factor_warms_up_then_decays_to_zero():
-    from ctengine.train import cosine_factor
+    from ctengine.learn.train import cosine_factor
 
     assert [cosine_factor(k, 10, warmup=2) for k in (0, 1)] == [0.5, 1.0]
     assert cosine_factor(2, 10, warmup=2) == 1.0 and cosine_factor(6, 10, warmup=2) == pytest.approx(0.5)
@@ -105,18 +105,17 @@ def test_cosine_factor_warms_up_then_decays_to_zero():
 
 
 def test_classify_of_prepared_input_equals_the_forward_pass():
-    from ctengine.model import build_model
-    from ctengine.train import classify
+    from ctengine.learn.model import build_model
 
     net = build_model("small", seed=0, input_size=32).eval()
     x = torch.randint(0, 2000, (3, 1, 64, 64)).float()
     with torch.no_grad():
-        torch.testing.assert_close(classify(net, net.prepare(x)), net(x))
+        torch.testing.assert_close(net.classify(net.prepare(x)), net(x))
 
 
 def test_recalibrated_batchnorm_holds_the_average_of_the_batch_statistics():
-    from ctengine.model import build_model
-    from ctengine.train import recalibrate_batchnorm
+    from ctengine.learn.model import build_model
+    from ctengine.learn.train import recalibrate_batchnorm
 
     net = build_model("small", seed=0, input_size=None)
     bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))

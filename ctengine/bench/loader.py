@@ -21,7 +21,7 @@ import zarr
 
 import ctengine
 from ..cluster import default_workers
-from ..loader import SliceLoader, slice_rows
+from ..learn.loader import SliceLoader, slice_rows
 from ..store import names
 from ..synth import write_cohort
 from ._common import cluster, on_machine, pick_sizes

@@ -45,8 +45,8 @@ def prepare(workdir: Path, patients: int, slices_per_series: int, *, scheduler: 
 
 def train_and_evaluate(store: Path, out: Path, *, fold: int, epochs: int, **config) -> dict:
     """One training run and its evaluation on the fold's test split."""
-    from ..evaluate import evaluate
-    from ..train import train
+    from ..learn.evaluate import evaluate
+    from ..learn.train import train
 
     started = time.perf_counter()
     trained = train(store, fold=fold, epochs=epochs, out=out, progress=False, **config)

@@ -61,16 +61,6 @@ class ChunkReader:
         path = self.store.shard_path(patient, series, array)
         shard.decode_chunk_into(self._read(path, offset, offset + nbytes), out)
 
-    def read_lung_only(self, patient: str, series: str, z: int, n_slices: int, out: np.ndarray,
-                       scratch: np.ndarray) -> None:
-        """Raw slice ``z`` into ``out`` with every pixel outside the stored lung mask set to raw 0 (air).
-
-        ``scratch`` is a uint8 (y, x) buffer the mask is decoded into.
-        """
-        self.read_into(patient, series, z, n_slices, out)
-        self.read_into(patient, series, z, n_slices, scratch, names.LUNG_ARRAY)
-        np.copyto(out, 0, where=scratch == 0)
-
     def close(self) -> None:
         """Close the file descriptors of a local store."""
         for fd in self._fds.values():

@@ -4,7 +4,7 @@ Folds come from the store's catalog (the dataset's fold CSVs) or, when it
 has none, are made with the paper's protocol from the catalog
 (:func:`ctengine.folds.make_folds`: patient-disjoint in every series).
 Training uses the labelled slices of the fold's training patients, batches
-from :class:`ctengine.loader.SliceLoader`, augmentation on the device and
+from :class:`ctengine.learn.loader.SliceLoader`, augmentation on the device and
 Nadam; the checkpoint carries the model's config and the training history.
 
 What makes the small model learn on a few hundred slices:
@@ -39,8 +39,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from .store import open_store
-from .loader import CLASSES, SliceLoader, slice_rows
+from ..constants import CLASS_NAMES
+from ..store import open_store
+from .loader import SliceLoader, slice_rows
 
 DEFAULT_LR = {"small": 1e-3, "resnet50v2-fpn": 1e-4}
 #: epochs when none are given: the paper's 20 for its network; the small model needs 30 on a small cohort
@@ -62,7 +63,7 @@ def fold_catalog(catalog: pd.DataFrame, fold: int, *, seed: int = 0) -> pd.DataF
 
     Raises ValueError when the store's folds put one patient on both sides.
     """
-    from .folds import make_folds
+    from ..folds import make_folds
 
     column = f"fold{fold}"
     if column in catalog and (catalog[column] != "").any():
@@ -71,7 +72,7 @@ def fold_catalog(catalog: pd.DataFrame, fold: int, *, seed: int = 0) -> pd.DataF
             raise ValueError(f"fold {fold} puts patients on both sides: {sorted(mixed)[:5]}")
         return catalog
     patients = catalog.groupby("patient")["label"].first()
-    known = patients[patients.isin(CLASSES)]
+    known = patients[patients.isin(CLASS_NAMES)]
     folds = make_folds(list(known.index), list(known.values), seed=seed)
     folds.index = known.index
     catalog = catalog.copy()
@@ -85,28 +86,6 @@ def training_rows(catalog: pd.DataFrame, fold: int, split: str) -> pd.DataFrame:
     rows = slice_rows(catalog, fold=fold, split=split, selected_only=False)
     labelled = rows[rows["labelled"].astype(bool)]
     return (labelled if len(labelled) else rows).reset_index(drop=True)
-
-
-def _device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def classify(net, prepared):
-    """Logits of a batch that ``net.prepare`` already normalised and resized.
-
-    ``classify(net, net.prepare(x))`` equals ``net(x)``; training augments
-    between the two steps.
-    """
-    import torch
-
-    from .model import LEVELS
-
-    levels = net.fpn(*net.backbone(prepared))
-    return net.classifier(torch.cat([head(levels[lvl]) for lvl, head in zip(LEVELS, net.heads)], 1))
 
 
 def activate_heads(net, bias: float = HEAD_BIAS) -> None:
@@ -130,7 +109,8 @@ def recalibrate_batchnorm(net, batches: Iterable, *, prepared: bool = False) -> 
     """
     import torch
 
-    layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    kinds = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+    layers = [m for m in net.modules() if isinstance(m, kinds)]
     saved = {m: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
              for m in layers}
     for m in layers:
@@ -144,7 +124,7 @@ def recalibrate_batchnorm(net, batches: Iterable, *, prepared: bool = False) -> 
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
             if len(images) < 2:
                 continue  # a single slice gives no variance
-            classify(net, images) if prepared else net(images)
+            net.classify(images) if prepared else net(images)
             count += 1
     for m, (mean, var, tracked, momentum) in saved.items():
         m.momentum = momentum
@@ -166,7 +146,7 @@ def cosine_factor(step: int, total: int, *, warmup: int = 0) -> float:
 def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epochs: int | None = None,
           batch_size: int = 16, lr: float | None = None, out: str | os.PathLike = "runs", seed: int = 0,
           device: str = "auto", threads: int = 2, augmentation: bool = True, progress: bool = True,
-          **model_config: Any) -> TrainResult:
+          storage_options: dict | None = None, **model_config: Any) -> TrainResult:
     """Train a classifier on fold ``fold`` of a store and save ``out/model.pt``.
 
     Parameters
@@ -182,13 +162,15 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
     lr : float, optional
         Peak Nadam learning rate (default 1e-3 small, 1e-4 resnet50v2-fpn, as
         the paper), decayed to 0 along a cosine over all steps.
-    device : {"auto", "cpu", "cuda"}
-        On CUDA: one host-to-device copy per batch, augmentation on the
-        device and bfloat16 autocast.
+    device : {"auto", "cpu", "gpu"}
+        On the GPU: one host-to-device copy per batch, augmentation on the
+        device and bfloat16 autocast. ``"auto"``: the GPU when CUDA is available.
     augmentation : bool
-        The paper's random affine warp (`ctengine.augment`) on every batch.
+        The paper's random affine warp (`ctengine.learn.augment`) on every batch.
+    storage_options : dict, optional
+        fsspec options of a remote store (endpoint, credentials).
     **model_config
-        Overrides of the architecture's defaults (`ctengine.model.build_model`).
+        Overrides of the architecture's defaults (`ctengine.learn.model.build_model`).
 
     Returns
     -------
@@ -202,15 +184,17 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
     from tqdm.auto import tqdm
 
     from .augment import augment
+    from .device import resolve_device
     from .loader import DeviceLoader
     from .model import build_model, save_checkpoint
+    from .predict import predict_rows
 
     epochs = DEFAULT_EPOCHS.get(model, 20) if epochs is None else epochs
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs!r}, {batch_size!r}")
     torch.manual_seed(seed)
-    target = _device(device)
-    catalog = fold_catalog(open_store(store).catalog, fold, seed=seed)
+    target = resolve_device(device)
+    catalog = fold_catalog(open_store(store, storage_options=storage_options).catalog, fold, seed=seed)
     rows = training_rows(catalog, fold, "train")
     if rows.empty:
         raise ValueError(f"fold {fold} has no training slices")
@@ -231,7 +215,7 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
     out_dir.mkdir(parents=True, exist_ok=True)
     autocast = {"device_type": target.type, "dtype": torch.bfloat16, "enabled": target.type == "cuda"}
     with SliceLoader(store, rows, batch_size=batch_size, shuffle=True, seed=seed, drop_last=len(rows) > batch_size,
-                     threads=threads, lung_only=net.config["lung_only"]) as loader:
+                     threads=threads, lung_only=net.config["lung_only"], storage_options=storage_options) as loader:
         batches = DeviceLoader(loader, str(target))
         total = epochs * len(loader)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
@@ -246,7 +230,7 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
                     if augmentation:
                         x = augment(x, generator=generator, fill=fill)
                 with torch.autocast(**autocast):
-                    logits = classify(net, x)
+                    logits = net.classify(x)
                     loss = loss_fn(logits.float(), targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -262,7 +246,8 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
                    "accuracy": correct / max(seen, 1), "slices_per_s": seen / elapsed,
                    "lr": optimizer.param_groups[0]["lr"]}
             if validation is not None and len(validation):
-                probabilities = predict_rows(net, store, validation, batch_size=batch_size, threads=threads)
+                probabilities = predict_rows(net, store, validation, batch_size=batch_size, threads=threads,
+                                             storage_options=storage_options)
                 row["val_accuracy"] = float(((probabilities >= 0.5).astype(int) == validation["target"]).mean())
             history.append(row)
     net.eval()
@@ -271,28 +256,3 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
     return TrainResult(Path(checkpoint), history)
 
-
-def predict_rows(net, store: str | os.PathLike, rows: pd.DataFrame, *, batch_size: int = 16,
-                 threads: int = 2) -> np.ndarray:
-    """COVID probability of every row (catalog rows with patient, series, z; any target)."""
-    import torch
-
-    from .loader import DeviceLoader
-
-    rows = rows.reset_index(drop=True)
-    if "target" not in rows:
-        rows = rows.assign(target=0)
-    device = next(net.parameters()).device
-    was_training = net.training
-    net.eval()
-    out = np.empty(len(rows), dtype=np.float64)
-    done = 0
-    with torch.inference_mode(), SliceLoader(store, rows, batch_size=batch_size, threads=threads,
-                                             lung_only=net.config["lung_only"]) as loader:
-        for images, _, _ in DeviceLoader(loader, str(device)):
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = net(images)
-            out[done:done + len(images)] = torch.softmax(logits.float(), 1)[:, 1].cpu().numpy()
-            done += len(images)
-    net.train(was_training)
-    return out

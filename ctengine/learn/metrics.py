@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .constants import CLASS_NAMES, LABELS, PATIENT_COVID_FRACTION
+from ..constants import CLASS_NAMES, LABELS, PATIENT_COVID_FRACTION
 
 __all__ = ["as_labels", "confusion_matrix", "image_metrics", "mean_over_folds", "metrics_markdown",
            "patient_decisions", "patient_table", "plot_confusion_matrix", "plot_roc", "roc_auc",

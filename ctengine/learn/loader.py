@@ -21,10 +21,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from .constants import RAW_DTYPE
-from .store import ChunkReader, Store, open_store
-
-CLASSES = ("normal", "covid")  # class index 0, 1
+from ..constants import CLASS_NAMES, RAW_DTYPE
+from ..store import ChunkReader, Store, names, open_store
 
 
 def slice_rows(catalog: pd.DataFrame, *, fold: int | None = None, split: str | None = None,
@@ -46,11 +44,48 @@ def slice_rows(catalog: pd.DataFrame, *, fold: int | None = None, split: str | N
         rows = rows[rows["series"].isin(series)]
     rows = rows.copy()
     target = rows["slice_label"].where(rows["slice_label"] != "", rows["label"])
-    unknown = sorted(set(target) - set(CLASSES))
+    unknown = sorted(set(target) - set(CLASS_NAMES))
     if unknown:
         raise ValueError(f"rows without a covid/normal target: {unknown}")
-    rows["target"] = target.map({name: i for i, name in enumerate(CLASSES)}).astype("int64")
+    rows["target"] = target.map({name: i for i, name in enumerate(CLASS_NAMES)}).astype("int64")
     return rows.reset_index(drop=True)
+
+
+def apply_lung_only(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The lung-only input rule, in place: every raw pixel outside the lung mask becomes raw 0 (air).
+
+    Parameters
+    ----------
+    raw : ndarray
+        Raw slices (..., y, x), uint16.
+    mask : ndarray
+        Lung mask of the same shape (0 background, 1 right, 2 left lung).
+
+    Returns
+    -------
+    ndarray
+        ``raw``.
+
+    Examples
+    --------
+    >>> apply_lung_only(np.array([[5, 6]], dtype=np.uint16), np.array([[0, 2]], dtype=np.uint8))
+    array([[0, 6]], dtype=uint16)
+    """
+    np.copyto(raw, 0, where=mask == 0)
+    return raw
+
+
+def read_slice(reader: ChunkReader, patient: str, series: str, z: int, n_slices: int, out: np.ndarray, *,
+               scratch: np.ndarray | None = None) -> None:
+    """Decode raw slice ``z`` of a series into ``out``; with ``scratch`` (uint8 (y, x)), lung only.
+
+    Lung only: the stored lung mask is decoded into ``scratch`` and
+    :func:`apply_lung_only` applied.
+    """
+    reader.read_into(patient, series, z, n_slices, out)
+    if scratch is not None:
+        reader.read_into(patient, series, z, n_slices, scratch, names.LUNG_ARRAY)
+        apply_lung_only(out, scratch)
 
 
 @dataclass
@@ -149,10 +184,8 @@ class SliceLoader:
             for i in parts[number]:
                 patient, series, z = self._items[indices[i]]
                 n = self._lengths[(patient, series)]
-                if self.lung_only:
-                    self.reader.read_lung_only(patient, series, z, n, array[i, 0], self._scratch[number])
-                else:
-                    self.reader.read_into(patient, series, z, n, array[i, 0])
+                read_slice(self.reader, patient, series, z, n, array[i, 0],
+                           scratch=self._scratch[number] if self.lung_only else None)
 
         list(self._pool.map(work, range(len(parts))))
         n = len(indices)
@@ -287,9 +320,6 @@ class SliceDataset:
         row = self.rows.iloc[i]
         key = (row["patient"], row["series"])
         out = np.empty((1, *self._shape), dtype=RAW_DTYPE)
-        if self.lung_only:
-            self._reader.read_lung_only(key[0], key[1], int(row["z"]), self._lengths[key], out[0],
-                                        np.empty(self._shape, dtype=np.uint8))
-        else:
-            self._reader.read_into(key[0], key[1], int(row["z"]), self._lengths[key], out[0])
+        read_slice(self._reader, key[0], key[1], int(row["z"]), self._lengths[key], out[0],
+                   scratch=np.empty(self._shape, dtype=np.uint8) if self.lung_only else None)
         return torch.from_numpy(out), int(row["target"])

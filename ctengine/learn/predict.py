@@ -1,0 +1,171 @@
+"""Prediction: COVID probabilities of stored slices, and the automated path on a patient's folder.
+
+Both feed the network exactly what training fed it: raw uint16 slices
+(lung only when the checkpoint's model is, with the lung mask of
+:func:`ctengine.features.series_features` computed from the series' spacing
+and rescale), converted to float32 on the device, logits under the same
+autocast as training.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..constants import (CLASS_COVID, CLASS_NAMES, CLASS_NORMAL, DEFAULT_INTERCEPT, DEFAULT_SLOPE,
+                         PATIENT_COVID_FRACTION)
+from ..features import series_features
+from .loader import DeviceLoader, SliceLoader, apply_lung_only
+
+#: series of a patient whose selected slices decide (the authors' rule)
+DECISION_SERIES = "SR_2"
+
+
+def covid_probabilities(net, batches: Iterable[torch.Tensor]) -> np.ndarray:
+    """COVID probability of every image of ``batches`` (float32 (N, C, y, x) on the net's device), eval mode.
+
+    On CUDA the logits are computed under bfloat16 autocast, as in training.
+    """
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    parts = []
+    with torch.inference_mode():
+        for images in batches:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = net(images)
+            parts.append(torch.softmax(logits.float(), 1)[:, CLASS_COVID].cpu().numpy().astype(np.float64))
+    net.train(was_training)
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
+
+
+def predict_rows(net, store: str | os.PathLike, rows: pd.DataFrame, *, batch_size: int = 16, threads: int = 2,
+                 storage_options: dict | None = None) -> np.ndarray:
+    """COVID probability of every row (catalog rows with patient, series, z; any target).
+
+    Slices come from the store through :class:`~ctengine.learn.loader.SliceLoader`
+    (lung only when ``net.config["lung_only"]``), as in training.
+    """
+    rows = rows.reset_index(drop=True)
+    if "target" not in rows:
+        rows = rows.assign(target=0)
+    device = next(net.parameters()).device
+    with SliceLoader(store, rows, batch_size=batch_size, threads=threads, lung_only=net.config["lung_only"],
+                     storage_options=storage_options) as loader:
+        return covid_probabilities(net, (images for images, _, _ in DeviceLoader(loader, str(device))))
+
+
+def series_inputs(raw: np.ndarray, *, spacing: tuple[float, float] | None, slope: float, intercept: float,
+                  lung_only: bool) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Features of a series and the network input of its selected slices, as the store's loader gives them.
+
+    Parameters
+    ----------
+    raw : ndarray
+        Raw uint16 series (z, y, x).
+    spacing : (float, float) or None
+        Pixel spacing (y, x) in mm, None when unknown.
+    slope, intercept : float
+        Rescale of the series: HU = raw * slope + intercept.
+    lung_only : bool
+        The checkpoint's rule: pixels outside the lung mask set to raw 0.
+
+    Returns
+    -------
+    table : DataFrame
+        One row per slice (:func:`ctengine.features.series_features`).
+    chosen : ndarray
+        Indices (z) of the selected slices.
+    inputs : ndarray
+        uint16 (len(chosen), 1, y, x): what the loader feeds for those slices.
+    """
+    mask, table = series_features(raw, spacing=spacing, slope=slope, intercept=intercept)
+    chosen = np.flatnonzero(table["selected"].to_numpy(dtype=bool))
+    inputs = np.ascontiguousarray(raw[chosen])
+    if lung_only:
+        apply_lung_only(inputs, np.asarray(mask)[chosen])
+    return table, chosen, inputs[:, None]
+
+
+def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.PathLike,
+                    threshold: float = PATIENT_COVID_FRACTION, series: str = DECISION_SERIES, batch_size: int = 16,
+                    device: str = "auto", spacing: tuple[float, float] | None = None, slope: float = DEFAULT_SLOPE,
+                    intercept: float = DEFAULT_INTERCEPT) -> dict[str, Any]:
+    """The fully automated path on one patient's folder of TIFFs: selection, classification, decision.
+
+    ``patient_dir`` holds ``SR_k`` folders (``series`` is used) or the TIFFs
+    of one series. Unreadable files are skipped and listed.
+
+    Parameters
+    ----------
+    patient_dir : path
+    checkpoint : path
+        A checkpoint of :func:`ctengine.learn.train.train`.
+    threshold : float
+        The patient is COVID when at least this fraction of its selected slices is.
+    series : str
+        Series folder used for the decision.
+    batch_size : int
+    device : {"auto", "cpu", "gpu"}
+    spacing : (float, float), optional
+        Pixel spacing (y, x) in mm of the series (unknown by default).
+    slope, intercept : float
+        Rescale of the series (HU = raw * slope + intercept).
+
+    Returns
+    -------
+    dict
+        verdict ("covid"/"normal"), series, slices, selected, covid_slices,
+        fraction, threshold, skipped [(file, reason)], and per-slice rows
+        (file, instance, selected, dark_count, probability, prediction).
+    """
+    from ..layout import parse_name
+    from ..tiffio import BadSliceError, decode_slice
+    from .device import resolve_device
+    from .model import load_checkpoint
+
+    folder = Path(patient_dir)
+    if (folder / series).is_dir():
+        folder = folder / series
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    images, names, instances, skipped = [], [], [], []
+    for path in files:
+        try:
+            images.append(decode_slice(path.read_bytes(), shape=None))
+        except (BadSliceError, OSError) as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        names.append(path.name)
+        key = parse_name(f"g/patient0/{series}/{path.name}")
+        instances.append(key.instance if key else len(instances) + 1)
+    if not images:
+        raise ValueError(f"no readable slice in {folder}")
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise ValueError(f"slices of {folder} differ in shape: {sorted(shapes)}")
+    order = np.argsort(instances, kind="stable")
+    net, _ = load_checkpoint(checkpoint, map_location=resolve_device(device))
+    table, chosen, inputs = series_inputs(np.stack([images[i] for i in order]), spacing=spacing, slope=slope,
+                                          intercept=intercept, lung_only=net.config["lung_only"])
+    target = next(net.parameters()).device
+    probability = np.full(len(table), np.nan)
+    probability[chosen] = covid_probabilities(net, (torch.from_numpy(inputs[start:start + batch_size]).to(target)
+                                                    .to(torch.float32)
+                                                    for start in range(0, len(chosen), batch_size)))
+    covid = int(np.sum(probability[chosen] >= 0.5))
+    fraction = covid / len(chosen) if len(chosen) else float("nan")
+    keep, counts = table["selected"].to_numpy(dtype=bool), table["dark_count"].to_numpy()
+    verdict = CLASS_COVID if len(chosen) and fraction >= threshold else CLASS_NORMAL
+    return {"verdict": CLASS_NAMES[verdict],
+            "series": folder.name, "slices": int(len(table)), "selected": int(len(chosen)), "covid_slices": covid,
+            "fraction": fraction, "threshold": threshold, "skipped": skipped,
+            "rows": [{"file": names[i], "instance": int(instances[i]), "selected": bool(keep[z]),
+                      "dark_count": int(counts[z]),
+                      "probability": None if np.isnan(probability[z]) else float(probability[z]),
+                      "prediction": None if np.isnan(probability[z]) else
+                      CLASS_NAMES[CLASS_COVID if probability[z] >= 0.5 else CLASS_NORMAL]}
+                     for z, i in enumerate(order)]}
