@@ -1,15 +1,15 @@
 """The ``ctengine`` command: a thin layer over the library."""
 from __future__ import annotations
 
+import functools
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from .bench import BENCHMARKS
+from .constants import DEFAULT_INTERCEPT, DEFAULT_SLOPE
 
 
 def _storage_options(text: str | None) -> dict | None:
@@ -41,6 +41,27 @@ def with_cluster(func):
     for option in reversed(cluster_options):
         func = option(func)
     return func
+
+
+def device_option(default: str, help_text: str):
+    """``--device``: cpu, gpu or auto (``cuda`` is accepted as a spelling of gpu)."""
+    return click.option("--device", type=click.Choice(["auto", "cpu", "gpu", "cuda"]), default=default,
+                        show_default=True, help=f"{help_text} auto: the GPU when one is usable; cuda: same as gpu.")
+
+
+storage_option = click.option("--storage-options", default=None,
+                              help="JSON object for fsspec (endpoint, credentials) of a remote store.")
+
+
+def user_errors(func):
+    """Report a user error (a missing or foreign store, a bad fold or device, ...) as one line, exit status 1."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
 
 
 @click.group()
@@ -124,8 +145,9 @@ def _print_ingest(report) -> None:
 @click.argument("store")
 @click.option("--source", "sources", multiple=True, type=click.Path(exists=True),
               help="Also compare against these sources (repeatable).")
-@click.option("--storage-options", default=None, help="JSON object for fsspec.")
+@storage_option
 @with_cluster
+@user_errors
 def verify(store, sources, storage_options, workers, scheduler) -> None:
     """Re-read STORE and compare every slice's checksum; exit 1 on any mismatch."""
     from .store import verify as run_verify
@@ -146,7 +168,8 @@ def verify(store, sources, storage_options, workers, scheduler) -> None:
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--storage-options", default=None, help="JSON object for fsspec.")
+@storage_option
+@user_errors
 def info(store, as_json, storage_options) -> None:
     """Patients, series and slices per label, bytes and compression ratio of STORE."""
     from .store import store_info
@@ -165,9 +188,10 @@ def info(store, as_json, storage_options) -> None:
 
 @main.command()
 @click.argument("store")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
-@click.option("--storage-options", default=None, help="JSON object for fsspec.")
+@device_option("cpu", "Numba CPU kernels, or CUDA kernels on the workers' GPU.")
+@storage_option
 @with_cluster
+@user_errors
 def features(store, device, storage_options, workers, scheduler) -> None:
     """CT selection, lung masks and HU statistics for every series of STORE."""
     from .features import compute_features
@@ -194,14 +218,16 @@ def features(store, device, storage_options, workers, scheduler) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--lr", type=float, default=None, help="Nadam learning rate (default 1e-3 small, 1e-4 full).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/fold1", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option("auto", "Where the network trains.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train(store, fold, model, epochs, batch_size, lr, out, device, seed) -> None:
+@storage_option
+@user_errors
+def train(store, fold, model, epochs, batch_size, lr, out, device, seed, storage_options) -> None:
     """Train a COVID/normal slice classifier on fold FOLD of STORE."""
     from .learn.train import train as run_train
 
     result = run_train(store, fold=fold, model=model, epochs=epochs, batch_size=batch_size, lr=lr, out=out,
-                       device=device, seed=seed)
+                       device=device, seed=seed, storage_options=_storage_options(storage_options))
     for row in result.history:
         click.echo("epoch {epoch}: loss {loss:.4f} accuracy {accuracy:.3f} ({slices_per_s:.0f} slices/s)".format(**row)
                    + (f" validation accuracy {row['val_accuracy']:.3f}" if "val_accuracy" in row else ""))
@@ -215,13 +241,16 @@ def train(store, fold, model, epochs, batch_size, lr, out, device, seed) -> None
 @click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True)
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.10, show_default=True,
               help="Patient is COVID when at least this fraction of its selected SR_2 slices is.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def evaluate(store, fold, checkpoint, out, threshold, device) -> None:
+@device_option("auto", "Where the network runs.")
+@storage_option
+@user_errors
+def evaluate(store, fold, checkpoint, out, threshold, device, storage_options) -> None:
     """Evaluate CHECKPOINT on the test split of fold FOLD: predictions.csv, metrics.json, plots."""
     from .learn.evaluate import evaluate as run_evaluate
     from .learn.metrics import metrics_markdown
 
-    metrics = run_evaluate(store, fold=fold, checkpoint=checkpoint, out=out, threshold=threshold, device=device)
+    metrics = run_evaluate(store, fold=fold, checkpoint=checkpoint, out=out, threshold=threshold, device=device,
+                           storage_options=_storage_options(storage_options))
     click.echo(metrics_markdown(metrics, title=f"Fold {fold}"))
     click.echo(f"written to {out}/")
 
@@ -231,13 +260,20 @@ def evaluate(store, fold, checkpoint, out, threshold, device) -> None:
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.10, show_default=True)
 @click.option("--series", default="SR_2", show_default=True, help="Series folder used for the decision.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option("auto", "Where the network runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def predict(patient_dir, checkpoint, threshold, series, device, as_json) -> None:
+@click.option("--spacing", type=float, nargs=2, default=None, metavar="Y X",
+              help="Pixel spacing of the series in mm (default: unknown, as a store series without metadata).")
+@click.option("--slope", type=float, default=DEFAULT_SLOPE, show_default=True,
+              help="Rescale slope: HU = raw * slope + intercept.")
+@click.option("--intercept", type=float, default=DEFAULT_INTERCEPT, show_default=True, help="Rescale intercept (HU).")
+@user_errors
+def predict(patient_dir, checkpoint, threshold, series, device, as_json, spacing, slope, intercept) -> None:
     """Select, classify and decide on one patient's folder of TIFFs."""
     from .learn.predict import predict_patient
 
-    result = predict_patient(patient_dir, checkpoint=checkpoint, threshold=threshold, series=series, device=device)
+    result = predict_patient(patient_dir, checkpoint=checkpoint, threshold=threshold, series=series, device=device,
+                             spacing=tuple(spacing) if spacing else None, slope=slope, intercept=intercept)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -22,10 +22,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from .constants import DEVICES
 from .driver import RunReport, map_series
 from .store import Store, features_path, names, open_store
 
-__all__ = ["FeatureReport", "compute_features", "compute_series", "features_path", "series_features"]
+__all__ = ["FeatureReport", "compute_features", "compute_series", "feature_device", "features_path",
+           "series_features"]
 
 
 @dataclass
@@ -93,6 +95,21 @@ def compute_series(store: Store, patient: str, series: str, device: str = "cpu")
     return {"patient": patient, "series": series, "status": "computed", "table": table}
 
 
+def feature_device(device: str) -> str:
+    """``"cpu"`` or ``"gpu"`` for a device name of :data:`ctengine.constants.DEVICES` (``"cuda"``: gpu)."""
+    name = "gpu" if device == "cuda" else device
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if name != "auto":
+        return name
+    try:
+        import cupy
+
+        return "gpu" if cupy.cuda.runtime.getDeviceCount() > 0 else "cpu"
+    except Exception:  # no CuPy, no driver or no device: the CPU kernels
+        return "cpu"
+
+
 def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=None,
                      storage_options: dict | None = None, progress: bool = True) -> FeatureReport:
     """Compute selection, lung masks and HU statistics for every series of a store.
@@ -101,8 +118,10 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
     ----------
     store : str
         Store path or fsspec URL.
-    device : {"cpu", "gpu"}
-        Numba CPU kernels, or CUDA kernels on CuPy arrays on the workers' GPU.
+    device : {"cpu", "gpu", "auto"}
+        Numba CPU kernels, or CUDA kernels on CuPy arrays on the workers' GPU;
+        ``"auto"``: the GPU when CuPy sees one on the client (``"cuda"`` is a
+        spelling of ``"gpu"``).
     client : distributed.Client, optional
         Default: a LocalCluster sized to the machine.
 
@@ -110,8 +129,7 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
     -------
     FeatureReport
     """
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    device = feature_device(device)
     started = time.perf_counter()
     opened = open_store(store, mode="a", storage_options=storage_options)
     catalog = opened.catalog

@@ -319,6 +319,26 @@ def test_store_on_object_storage_matches_the_local_store(cohort, cluster, s3, cl
     assert_same_objects(store_objects(url, s3), store_objects(local))
 
 
+def test_a_store_on_object_storage_can_be_trained_on_and_evaluated(s3, client, tmp_path):
+    pytest.importorskip("torch")
+    from conftest import SMALL, make_tree
+
+    from ctengine.learn.train import train
+
+    spec = [("137covid", f"patient{p}", "SR_2", 3) for p in (1, 3, 5, 7, 9)]
+    spec += [("normal1", f"patient{p}", "SR_2", 3) for p in (2, 4, 6, 8, 10)]
+    make_tree(tmp_path / "src", series_spec=tuple(spec), seed=2)
+    url = f"s3://{BUCKET}/{tmp_path.name}-train.zarr"
+    ctengine.ingest([tmp_path / "src"], url, client=client, progress=False, shape=SMALL, storage_options=s3)
+    result = train(url, fold=1, epochs=1, batch_size=4, out=tmp_path / "run", progress=False, input_size=32,
+                   threads=1, lung_only=False, crop=None, device="cpu", storage_options=s3)
+    assert result.checkpoint.exists() and np.isfinite(result.history[0]["loss"])
+    run_cli("evaluate", url, "--fold", 1, "--checkpoint", result.checkpoint, "--out", tmp_path / "eval",
+            "--device", "cpu", "--storage-options", json.dumps(s3))
+    predictions = pd.read_csv(tmp_path / "eval/predictions.csv")
+    assert len(predictions) and predictions["probability"].between(0, 1).all()
+
+
 def test_object_store_listings_are_never_stale(s3):
     """Workers write the store while a client holds it open: a second look sees their objects."""
     import s3fs
