@@ -9,8 +9,8 @@ import pytest
 import scipy.stats
 
 import kernel_cases as kc
-from ctengine.kernels.stats import (SERIES_COLUMNS, STAT_COLUMNS, aggregate_patient, aggregate_series,
-                                    hu_hist_edges, hu_stats, stats_to_frame)
+from ctengine.features.aggregate import SERIES_COLUMNS, aggregate_patient, aggregate_series, stats_to_frame
+from ctengine.kernels.stats import STAT_COLUMNS, hu_hist_edges, hu_stats
 
 BACKENDS = ["reference", "cpu", "dask", "cuda-sim"]
 # bit-identical on every backend: counts, order statistics, class fractions, histograms

@@ -22,12 +22,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from .constants import DEVICES
-from .driver import RunReport, map_series
-from .store import Store, features_path, names, open_store
+from ..constants import DEVICES
+from ..driver import RunReport, map_series
+from ..store import Store, names, open_store
+from .aggregate import stats_to_frame
 
-__all__ = ["FeatureReport", "compute_features", "compute_series", "feature_device", "features_path",
-           "series_features"]
+__all__ = ["FeatureReport", "compute_features", "compute_series", "feature_device", "series_features"]
 
 
 @dataclass
@@ -52,7 +52,7 @@ def series_features(raw: Any, *, spacing: tuple[float, float] | None, slope: flo
     Returns ``(mask, table)``: the uint8 lung mask (z, y, x) and a DataFrame
     with one row per slice (selection flags and counts, statistics).
     """
-    from .kernels import hu_stats, lung_mask, select_slices, select_slices_by_lung_area, stats_to_frame
+    from ..kernels import hu_stats, lung_mask, select_slices, select_slices_by_lung_area
 
     selection = select_slices(raw)
     mask = lung_mask(raw, spacing=spacing, slope=slope, intercept=intercept)
@@ -155,7 +155,7 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
 
 def _write_outputs(opened: Store, slices: pd.DataFrame) -> None:
     """Selection into the catalog; slice, series and patient tables as Parquet beside the store."""
-    from .kernels import aggregate_patient, aggregate_series
+    from .aggregate import aggregate_patient, aggregate_series
 
     key = ["patient", "series", "instance"]
     front = key + [c for c in names.FEATURE_COLUMNS if c in slices]
