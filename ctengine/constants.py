@@ -18,7 +18,8 @@ DEFAULT_INTERCEPT = -1024.0
 
 #: series folders of each patient
 SERIES = ("SR_2", "SR_3", "SR_4")
-#: labels, spelled as in the dataset's CSV files
+#: patient and slice labels as the dataset spells them (its CSV files, the catalog's "label"
+#: column); the classifier's class indices are CLASS_NAMES below
 LABELS = ("covid", "normal")
 #: groups seen in the whole-dataset tree
 GROUPS_COVID = ("137covid", "157covid")
@@ -49,7 +50,7 @@ DEVICES = ("auto", "cpu", "gpu")
 #: classifier output indices (logit / probability columns): 0 normal, 1 covid
 CLASS_NORMAL = 0
 CLASS_COVID = 1
-#: label of each class index, so CLASS_NAMES[CLASS_COVID] == "covid"
+#: label of each class index, so CLASS_NAMES[CLASS_COVID] == "covid" (the one list of class names)
 CLASS_NAMES = ("normal", "covid")
 #: lung window (centre, width) in HU used by the "window" normalisation
 LUNG_WINDOW_HU = (-600.0, 1500.0)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 import pandas as pd
 
-from . import layout
+from . import csvs, layout
 from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
 from .driver import RunReport, map_series
 from .store import Store, names, open_store, store_lock
@@ -141,7 +141,7 @@ def plan_ingest(sources: Iterable[str | os.PathLike], *, details: str | None = N
                                                           list[tuple[str, str]]]:
     """Scan sources and read metadata: (files, catalog, details, rejected)."""
     found = layout.scan(sources)
-    details_table, metadata_table, label_table, problems = layout.find_csvs(
+    details_table, metadata_table, label_table, problems = csvs.find_csvs(
         found, details=details, metadata=metadata, labels=labels)
     catalog = layout.build_catalog(found.files, details=details_table, metadata=metadata_table, labels=label_table)
     return found.files, catalog, details_table, found.rejected + problems

@@ -34,3 +34,4 @@ def test_a_user_error_is_one_line(command, tmp_path):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output
+    assert not (tmp_path / "missing.zarr").exists()

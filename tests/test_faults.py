@@ -17,8 +17,8 @@ import pytest
 
 import ctengine
 from ctengine.store import names
-from test_scale_out import (CLI, COHORT_SERIES, Cluster, assert_same_objects, assert_same_results, local_reference,
-                            run_cli, store_objects, synthetic_cohort, wait_for)
+from cluster_helpers import (CLI, COHORT_SERIES, Cluster, assert_same_objects, assert_same_results,
+                             local_reference, run_cli, store_objects, synthetic_cohort, wait_for)
 
 MEMORY_LIMIT = 300_000_000  # bytes per worker (dask worker --memory-limit)
 MEMORY_TROUBLE = re.compile(r"Pausing worker|memory budget|Restarting|MemoryError|KilledWorker")

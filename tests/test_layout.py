@@ -4,7 +4,7 @@ import zipfile
 import pandas as pd
 import pytest
 
-from ctengine import layout
+from ctengine import csvs, layout
 from conftest import SHARED_DATASET, make_tree
 
 
@@ -79,8 +79,8 @@ def test_catalog_keys_by_patient_series_instance_not_group(tmp_path):
 
 
 def test_metadata_csvs_are_joined_and_tolerate_na():
-    details = layout.read_details(SHARED_DATASET / "Patient_details.csv")
-    metadata = layout.read_metadata(SHARED_DATASET / "Patients_metadata.csv")
+    details = csvs.read_details(SHARED_DATASET / "Patient_details.csv")
+    metadata = csvs.read_metadata(SHARED_DATASET / "Patients_metadata.csv")
     assert len(details) == 377 and details["label"].value_counts().to_dict() == {"normal": 282, "covid": 95}
     assert details["thickness_SR_4"].isna().sum() == 7
     row = metadata[(metadata.patient == "patient1") & (metadata.series == "SR_2")].iloc[0]
@@ -90,13 +90,13 @@ def test_metadata_csvs_are_joined_and_tolerate_na():
 
 
 def test_real_label_csv_and_folds(tmp_path):
-    labels, problems = layout.read_labels([SHARED_DATASET / "all.csv"])
+    labels, problems = csvs.read_labels([SHARED_DATASET / "all.csv"])
     assert problems == [] and len(labels) == 12058
     assert labels["slice_label"].value_counts().to_dict() == {"normal": 9776, "covid": 2282}
     pd.DataFrame({"filename": ["137covid_patient1_SR_2_IM00002.tif", "bad name"],
                   "class": ["covid", "covid"]}).to_csv(tmp_path / "test3.csv", index=False)
     make_tree(tmp_path / "src", series_spec=(("137covid", "patient1", "SR_2", 3),))
-    fold_labels, problems = layout.read_labels([tmp_path / "test3.csv"])
+    fold_labels, problems = csvs.read_labels([tmp_path / "test3.csv"])
     assert len(problems) == 1
     catalog = layout.build_catalog(layout.scan([tmp_path / "src"]).files, labels=fold_labels)
     assert catalog["labelled"].tolist() == [False, True, False]

@@ -2,7 +2,6 @@ import contextlib
 import tracemalloc
 
 import numpy as np
-import pandas as pd
 import pytest
 import zarr
 

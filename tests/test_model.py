@@ -1,10 +1,11 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from ctengine.constants import CLASS_COVID, CLASS_NORMAL  # noqa: E402
+from ctengine.constants import CLASS_COVID, CLASS_NAMES, CLASS_NORMAL, LABELS  # noqa: E402
 from ctengine.learn.train import recalibrate_batchnorm  # noqa: E402
 from ctengine.learn.model import (  # noqa: E402
     ARCHITECTURES, build_model, load_checkpoint, normalize, parameter_count, save_checkpoint,
@@ -85,8 +86,14 @@ def test_five_level_heads_feed_final_dense():
         assert flat(torch.rand(2, 1, 100, 100)).shape == (2, 2)
 
 
-def test_class_constants():
-    assert (CLASS_NORMAL, CLASS_COVID) == (0, 1)
+def test_training_targets_are_the_logit_columns_of_their_class():
+    from ctengine.learn.loader import slice_rows
+
+    catalog = pd.DataFrame({"patient": ["p1", "p2", "p3"], "series": "SR_2", "z": 0,
+                            "label": ["covid", "normal", "normal"], "slice_label": ["", "", "covid"],
+                            "labelled": [False, False, True]})
+    assert slice_rows(catalog)["target"].tolist() == [CLASS_COVID, CLASS_NORMAL, CLASS_COVID]
+    assert sorted(CLASS_NAMES) == sorted(LABELS)  # the dataset's label spellings, in class-index order
 
 
 def test_normalize_max_matches_dataset_viewer():

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 import ctengine
 from ctengine.learn.evaluate import evaluate, evaluation_rows
-from ctengine.learn.train import fold_catalog, train, training_rows
+from ctengine.learn.train import fold_catalog, train
 from conftest import SMALL, make_tree
 
 

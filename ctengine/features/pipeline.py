@@ -131,7 +131,8 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
     """
     device = feature_device(device)
     started = time.perf_counter()
-    opened = open_store(store, mode="a", storage_options=storage_options)
+    url = open_store(store, storage_options=storage_options).url  # refuses a missing or foreign store
+    opened = open_store(url, mode="a", storage_options=storage_options)
     catalog = opened.catalog
     sizes = catalog.groupby(["patient", "series"]).size()
     report = FeatureReport(store=opened.url, slices=len(catalog))
