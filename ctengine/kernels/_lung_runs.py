@@ -265,8 +265,8 @@ def diff_runs(c_s, c_e, c_ptr, f_s, f_e, f_ptr, h, lung, os_, oe, optr):
 
 
 @njit(cache=True)
-def drop_tissue_runs(s, e, ptr, h, img, t_soft, os_, oe, optr):
-    """Runs of the mask minus its components with more than half of their pixels raw >= t_soft."""
+def drop_tissue_runs(s, e, ptr, h, img, hole_px, t_soft, os_, oe, optr):
+    """Runs of the mask minus its components of at least hole_px pixels with more than half raw >= t_soft."""
     n = ptr[h]
     comp = np.empty(n, np.int32)
     nc = label_runs(s, e, ptr, h, comp)
@@ -280,7 +280,7 @@ def drop_tissue_runs(s, e, ptr, h, img, t_soft, os_, oe, optr):
     for y in range(h):
         optr[y] = m
         for i in range(ptr[y], ptr[y + 1]):
-            if 2 * soft[comp[i]] <= area[comp[i]]:
+            if area[comp[i]] < hole_px or 2 * soft[comp[i]] <= area[comp[i]]:
                 os_[m] = s[i]
                 oe[m] = e[i]
                 m += 1

@@ -1,0 +1,363 @@
+"""Numba CPU whole-series stages of the lung mask: ``_lung_volume_reference`` on run-length masks.
+
+A (z, y, x) mask is stored as runs per row, rows numbered ``z * h + y``.
+Components are unions of runs (6-connectivity: runs overlapping in the row
+above in the same slice, or in the same row of the slice above); per-slice
+steps (seed, tracking, walls) work on one slice's runs. The results equal
+the reference voxel for voxel.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._lung_runs import find
+
+
+@njit(cache=True)
+def _runs(mask, s, e, ptr):
+    """Runs of a (z, h, w) uint8 mask (nonzero = in); return the number of runs."""
+    z, h, w = mask.shape
+    n = 0
+    for k in range(z):
+        for y in range(h):
+            ptr[k * h + y] = n
+            x = 0
+            while x < w:
+                if mask[k, y, x]:
+                    s[n] = x
+                    while x < w and mask[k, y, x]:
+                        x += 1
+                    e[n] = x
+                    n += 1
+                else:
+                    x += 1
+    ptr[z * h] = n
+    return n
+
+
+def runs_of(mask):
+    """(s, e, ptr) of a (z, h, w) boolean or uint8 mask."""
+    m = np.ascontiguousarray(mask).view(np.uint8)
+    z, h, w = m.shape
+    cap = int(z * h * ((w + 1) // 2))
+    s = np.empty(cap, np.int32)
+    e = np.empty(cap, np.int32)
+    ptr = np.empty(z * h + 1, np.int64)
+    n = _runs(m, s, e, ptr)
+    return s[:n], e[:n], ptr
+
+
+@njit(cache=True, inline="always")
+def _union_rows(parent, s, e, a0, a1, b0, b1):
+    """Union every pair of overlapping runs of two rows (runs a0..a1 and b0..b1)."""
+    i = a0
+    j = b0
+    while i < a1 and j < b1:
+        if s[i] < e[j] and s[j] < e[i]:
+            a = find(parent, i)
+            b = find(parent, j)
+            if a < b:
+                parent[b] = a
+            elif b < a:
+                parent[a] = b
+        if e[i] < e[j]:
+            i += 1
+        elif e[j] < e[i]:
+            j += 1
+        else:
+            i += 1
+            j += 1
+
+
+@njit(cache=True)
+def label_runs_3d(s, e, ptr, z, h, comp):
+    """6-connected components of runs: comp[i] in 0..n-1 numbered by first run; return n."""
+    n = ptr[z * h]
+    parent = np.empty(n, np.int64)
+    for i in range(n):
+        parent[i] = i
+    for k in range(z):
+        for y in range(h):
+            r = k * h + y
+            if y > 0:
+                _union_rows(parent, s, e, ptr[r - 1], ptr[r], ptr[r], ptr[r + 1])
+            if k > 0:
+                _union_rows(parent, s, e, ptr[r - h], ptr[r - h + 1], ptr[r], ptr[r + 1])
+    nc = 0
+    for i in range(n):
+        root = find(parent, i)
+        if root == i:
+            comp[i] = nc
+            nc += 1
+        else:
+            comp[i] = comp[root]
+    return nc
+
+
+@njit(cache=True)
+def _low_runs(img, t_low, s, e, ptr):
+    """Runs of raw < t_low of a (z, h, w) series; return the number of runs."""
+    z, h, w = img.shape
+    n = 0
+    for k in range(z):
+        for y in range(h):
+            ptr[k * h + y] = n
+            row = img[k, y]
+            x = 0
+            while x < w:
+                if row[x] < t_low:
+                    s[n] = x
+                    while x < w and row[x] < t_low:
+                        x += 1
+                    e[n] = x
+                    n += 1
+                else:
+                    x += 1
+    ptr[z * h] = n
+    return n
+
+
+@njit(cache=True)
+def _outside_components(img, s, e, ptr, comp, nc, t_air):
+    """Per component: 1 when it touches a slice border and is mostly pure air."""
+    z, h, w = img.shape
+    area = np.zeros(nc, np.int64)
+    nair = np.zeros(nc, np.int64)
+    edge = np.zeros(nc, np.uint8)
+    for k in range(z):
+        for y in range(h):
+            r = k * h + y
+            for i in range(ptr[r], ptr[r + 1]):
+                c = comp[i]
+                area[c] += e[i] - s[i]
+                if y == 0 or y == h - 1 or s[i] == 0 or e[i] == w:
+                    edge[c] = 1
+                for x in range(s[i], e[i]):
+                    if img[k, y, x] < t_air:
+                        nair[c] += 1
+    out = np.zeros(nc, np.uint8)
+    for c in range(nc):
+        out[c] = edge[c] and 2 * nair[c] > area[c]
+    return out
+
+
+@njit(cache=True)
+def _slice_masks(img2, t_low, t_air, s, e, a0, a1, outc, comp, outside2, free2, lumen2):
+    """One slice's outside, free (low, not outside) and lumen-like masks (reference stages 1-2)."""
+    h, w = img2.shape
+    outside2[:, :] = 0
+    for r in range(h):
+        for i in range(a0[r], a1[r]):
+            if outc[comp[i]]:
+                for x in range(s[i], e[i]):
+                    outside2[r, x] = 1
+    for y in range(h):
+        y0 = max(y - 1, 0)
+        y1 = min(y + 2, h)
+        for x in range(w):
+            f = img2[y, x] < t_low and not outside2[y, x]
+            free2[y, x] = f
+            if not f:
+                lumen2[y, x] = 0
+                continue
+            x0 = max(x - 1, 0)
+            x1 = min(x + 2, w)
+            total = np.int64(0)
+            for yy in range(y0, y1):
+                for xx in range(x0, x1):
+                    total += img2[yy, xx]
+            lumen2[y, x] = total < np.int64((y1 - y0) * (x1 - x0)) * t_air
+
+
+@njit(cache=True)
+def _slice_components(mask2, s, e, ptr, comp):
+    """Runs and 4-connected components of one slice; return (number of runs, number of components)."""
+    h, w = mask2.shape
+    n = 0
+    for y in range(h):
+        ptr[y] = n
+        x = 0
+        while x < w:
+            if mask2[y, x]:
+                s[n] = x
+                while x < w and mask2[y, x]:
+                    x += 1
+                e[n] = x
+                n += 1
+            else:
+                x += 1
+    ptr[h] = n
+    return n, label_runs_3d(s, e, ptr, 1, h, comp)
+
+
+@njit(cache=True)
+def _mark_touching(mask2, ref2, max_px, out2, s, e, ptr, comp):
+    """out2 |= components of mask2 with <= max_px pixels holding a ref2 pixel; return pixels marked."""
+    h, w = mask2.shape
+    n, nc = _slice_components(mask2, s, e, ptr, comp)
+    area = np.zeros(nc, np.int64)
+    touch = np.zeros(nc, np.uint8)
+    for y in range(h):
+        for i in range(ptr[y], ptr[y + 1]):
+            c = comp[i]
+            area[c] += e[i] - s[i]
+            for x in range(s[i], e[i]):
+                if ref2[y, x]:
+                    touch[c] = 1
+                    break
+    marked = 0
+    for y in range(h):
+        for i in range(ptr[y], ptr[y + 1]):
+            c = comp[i]
+            if touch[c] and area[c] <= max_px:
+                for x in range(s[i], e[i]):
+                    out2[y, x] = 1
+                marked += e[i] - s[i]
+    return marked
+
+
+@njit(cache=True)
+def _seed(lumen2, outside2, seed_px, max_px, mid_px, out2, s, e, ptr, comp):
+    """Mark the trachea's seed component of one slice in out2; return True if there is one."""
+    h, w = lumen2.shape
+    nb = np.int64(0)
+    sb = np.int64(0)
+    for y in range(h):
+        for x in range(w):
+            if not outside2[y, x]:
+                nb += 1
+                sb += x
+    if nb == 0:
+        return False
+    n, nc = _slice_components(lumen2, s, e, ptr, comp)
+    if nc == 0:
+        return False
+    area = np.zeros(nc, np.int64)
+    sumx = np.zeros(nc, np.int64)
+    for i in range(n):
+        area[comp[i]] += e[i] - s[i]
+        sumx[comp[i]] += (np.int64(s[i]) + e[i] - 1) * (e[i] - s[i]) // 2
+    best = -1
+    best_area = np.int64(0)
+    for c in range(nc):
+        a = area[c]
+        if seed_px <= a <= max_px and abs(sumx[c] * nb - sb * a) <= np.int64(mid_px) * a * nb:
+            if a > best_area:
+                best = c
+                best_area = a
+    if best < 0:
+        return False
+    for y in range(h):
+        for i in range(ptr[y], ptr[y + 1]):
+            if comp[i] == best:
+                for x in range(s[i], e[i]):
+                    out2[y, x] = 1
+    return True
+
+
+@njit(cache=True)
+def _wall(free2, airway2, max_px, wall_px, out2, ring, nxt, s, e, ptr, comp):
+    """out2 = the airway, its wall_px-pixel geodesic ring in free2 and the small parts holding it."""
+    h, w = free2.shape
+    ring[:, :] = airway2
+    for _ in range(wall_px):
+        for y in range(h):
+            for x in range(w):
+                v = ring[y, x]
+                if not v and free2[y, x]:
+                    v = ((y > 0 and ring[y - 1, x]) or (y + 1 < h and ring[y + 1, x])
+                         or (x > 0 and ring[y, x - 1]) or (x + 1 < w and ring[y, x + 1]))
+                nxt[y, x] = v
+        ring[:, :] = nxt
+    out2[:, :] = ring
+    _mark_touching(free2, airway2, max_px, out2, s, e, ptr, comp)
+
+
+@njit(cache=True)
+def _declare_air(img, t_low, t_air, seed_px, max_px, mid_px, wall_px, out):
+    """Reference stages 1-4 on a (z, h, w) series; out (a copy of img) gets 0 on dropped voxels."""
+    z, h, w = img.shape
+    cap = z * h * ((w + 1) // 2)
+    s = np.empty(cap, np.int32)
+    e = np.empty(cap, np.int32)
+    ptr = np.empty(z * h + 1, np.int64)
+    n = _low_runs(img, t_low, s, e, ptr)
+    comp = np.empty(n, np.int64)
+    nc = label_runs_3d(s, e, ptr, z, h, comp)
+    outc = _outside_components(img, s, e, ptr, comp, nc, t_air)
+    for r in range(z * h):
+        k = r // h
+        y = r - k * h
+        for i in range(ptr[r], ptr[r + 1]):
+            if outc[comp[i]]:
+                for x in range(s[i], e[i]):
+                    out[k, y, x] = 0
+    scap = h * ((w + 1) // 2)
+    ss = np.empty(scap, np.int32)
+    se = np.empty(scap, np.int32)
+    sptr = np.empty(h + 1, np.int64)
+    scomp = np.empty(scap, np.int64)
+    outside2 = np.empty((h, w), np.uint8)
+    free2 = np.empty((h, w), np.uint8)
+    lumen2 = np.empty((h, w), np.uint8)
+    airway = np.zeros((2, h, w), np.uint8)
+    drop = np.empty((h, w), np.uint8)
+    ring = np.empty((h, w), np.uint8)
+    nxt = np.empty((h, w), np.uint8)
+    seeded = False
+    for k in range(z):
+        cur = airway[k % 2]
+        prev = airway[(k + 1) % 2]
+        cur[:, :] = 0
+        _slice_masks(img[k], t_low, t_air, s, e, ptr[k * h:k * h + h], ptr[k * h + 1:k * h + h + 1],
+                     outc, comp, outside2, free2, lumen2)
+        if not seeded:
+            seeded = _seed(lumen2, outside2, seed_px, max_px, mid_px, cur, ss, se, sptr, scomp)
+            if not seeded:
+                continue
+        elif _mark_touching(lumen2, prev, max_px, cur, ss, se, sptr, scomp) == 0:
+            return
+        _wall(free2, cur, max_px, wall_px, drop, ring, nxt, ss, se, sptr, scomp)
+        for y in range(h):
+            for x in range(w):
+                if drop[y, x]:
+                    out[k, y, x] = 0
+
+
+def declare_air(img, t_low, t_air, p):
+    """Copy of a raw (z, h, w) series with outside air and airways set to 0 (reference stages 1-4)."""
+    out = np.array(img, dtype=img.dtype, order="C", copy=True)
+    if out.size:
+        _declare_air(np.ascontiguousarray(img), np.int64(t_low), np.int64(t_air), np.int64(p.seed_px),
+                     np.int64(p.airway_max_px), np.int64(p.midline_px), np.int64(p.wall_px), out)
+    return out
+
+
+@njit(cache=True)
+def _drop_small(mask, s, e, ptr, comp, nc, per_mille):
+    z, h, w = mask.shape
+    area = np.zeros(nc, np.int64)
+    for i in range(ptr[z * h]):
+        area[comp[i]] += e[i] - s[i]
+    big = np.int64(0)
+    for c in range(nc):
+        big = max(big, area[c])
+    for r in range(z * h):
+        k = r // h
+        y = r - k * h
+        for i in range(ptr[r], ptr[r + 1]):
+            if 1000 * area[comp[i]] < per_mille * big:
+                for x in range(s[i], e[i]):
+                    mask[k, y, x] = 0
+
+
+def keep_lungs(mask, p):
+    """The (z, h, w) uint8 mask without 3-D components under keep_per_mille / 1000 of the largest."""
+    s, e, ptr = runs_of(mask)
+    comp = np.empty(s.shape[0], np.int64)
+    z, h, _ = mask.shape
+    nc = label_runs_3d(s, e, ptr, z, h, comp)
+    if nc:
+        _drop_small(mask, s, e, ptr, comp, nc, np.int64(p.keep_per_mille))
+    return mask
