@@ -192,3 +192,29 @@ def test_dask_series_equals_numpy_on_real_ct(slicer):
     lazy = lung_mask(da.from_array(slicer["raw"], chunks=(5, -1, -1)), spacing=slicer["spacing"][1:])
     assert lazy.chunks[0] == da.from_array(slicer["raw"], chunks=(5, -1, -1)).chunks[0]
     np.testing.assert_array_equal(lazy.compute(scheduler="synchronous"), slicer["mask"])
+
+
+def test_feature_pipeline_on_real_ct(lidc, tmp_path, client):
+    """The LIDC scan written as a COVID-CTset series, ingested and run through ``compute_features``."""
+    import tifffile
+    import zarr
+
+    import ctengine
+    from ctengine.features import compute_features
+
+    folder = tmp_path / "COVID-CTset" / "normal1" / "patient1" / "SR_2"
+    folder.mkdir(parents=True)
+    for k, image in enumerate(lidc["raw"], start=1):
+        tifffile.imwrite(folder / f"IM{k:05d}.tif", image)
+    (tmp_path / "Patient_details.csv").write_text(
+        "Patient ID,SEX,AGE,COVID-19 Infection,SR_2 Folder thickness(mm)\npatient1,M,065Y,Negative,2.5\n")
+    (tmp_path / "Patients_metadata.csv").write_text(
+        'Patient ID,SR_2 PixelSpacing,SR_2 RescaleSlope,SR_2 RescaleIntercept\n'
+        'patient1,"[0.703125, 0.703125]",1,-1024\n')
+    store = tmp_path / "lidc.zarr"
+    ctengine.ingest([tmp_path / "COVID-CTset"], store, details=str(tmp_path / "Patient_details.csv"),
+                    metadata=str(tmp_path / "Patients_metadata.csv"), client=client, progress=False)
+    report = compute_features(store, client=client, progress=False)
+    assert report.series_computed == 1 and not report.failed_series
+    stored = zarr.open_group(store, mode="r")["patient1/SR_2/labels/lung/0"][:]
+    np.testing.assert_array_equal(stored, lidc["mask"])

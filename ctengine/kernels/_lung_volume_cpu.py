@@ -96,32 +96,52 @@ def label_runs_3d(s, e, ptr, z, h, comp):
 
 
 @njit(cache=True)
-def _low_runs(img, t_low, s, e, ptr):
-    """Runs of raw < t_low of a (z, h, w) series; return the number of runs."""
+def _low_runs(img, t_low, t_air, s, e, ptr, nair):
+    """Runs of raw < t_low of a (z, h, w) series and their pure-air pixel counts; return the run count.
+
+    Each row is classified first (a loop the compiler vectorises), then
+    scanned for changes eight pixels at a time.
+    """
     z, h, w = img.shape
     n = 0
+    nw = (w + 8) // 8
+    cls = np.zeros(8 * nw, np.uint8)  # cls[w] stays 0: closes the last run
+    words = cls.view(np.uint64)
+    full = np.uint64(0x0101010101010101)
+    tl = np.int32(t_low)
+    ta = np.int32(t_air)
     for k in range(z):
         for y in range(h):
             ptr[k * h + y] = n
             row = img[k, y]
-            x = 0
-            while x < w:
-                if row[x] < t_low:
-                    s[n] = x
-                    while x < w and row[x] < t_low:
-                        x += 1
-                    e[n] = x
-                    n += 1
-                else:
-                    x += 1
+            for x in range(w):
+                cls[x] = np.uint8(np.int32(row[x]) < tl)
+            inside = False
+            for q in range(nw):
+                word = words[q]
+                if (inside and word == full) or (not inside and word == 0):
+                    continue
+                for x in range(8 * q, min(8 * q + 8, w + 1)):
+                    c = cls[x] != 0
+                    if c != inside:
+                        if c:
+                            s[n] = x
+                        else:
+                            e[n] = x
+                            a = 0
+                            for xx in range(s[n], x):
+                                a += np.int32(row[xx]) < ta
+                            nair[n] = a
+                            n += 1
+                        inside = c
     ptr[z * h] = n
     return n
 
 
 @njit(cache=True)
-def _outside_components(img, s, e, ptr, comp, nc, t_air):
+def _outside_components(shape, s, e, ptr, run_air, comp, nc):
     """Per component: 1 when it touches a slice border and is mostly pure air."""
-    z, h, w = img.shape
+    z, h, w = shape
     area = np.zeros(nc, np.int64)
     nair = np.zeros(nc, np.int64)
     edge = np.zeros(nc, np.uint8)
@@ -133,9 +153,7 @@ def _outside_components(img, s, e, ptr, comp, nc, t_air):
                 area[c] += e[i] - s[i]
                 if y == 0 or y == h - 1 or s[i] == 0 or e[i] == w:
                     edge[c] = 1
-                for x in range(s[i], e[i]):
-                    if img[k, y, x] < t_air:
-                        nair[c] += 1
+                nair[c] += run_air[i]
     out = np.zeros(nc, np.uint8)
     for c in range(nc):
         out[c] = edge[c] and 2 * nair[c] > area[c]
@@ -260,16 +278,23 @@ def _seed(lumen2, outside2, seed_px, max_px, mid_px, out2, s, e, ptr, comp):
 def _wall(free2, airway2, max_px, wall_px, out2, ring, nxt, s, e, ptr, comp):
     """out2 = the airway, its wall_px-pixel geodesic ring in free2 and the small parts holding it."""
     h, w = free2.shape
+    y0, y1, x0, x1 = h, -1, w, -1
+    for y in range(h):
+        for x in range(w):
+            if airway2[y, x]:
+                y0, y1, x0, x1 = min(y0, y), max(y1, y), min(x0, x), max(x1, x)
+    y0, y1 = max(y0 - wall_px, 0), min(y1 + wall_px + 1, h)   # the ring grows wall_px at most
+    x0, x1 = max(x0 - wall_px, 0), min(x1 + wall_px + 1, w)
     ring[:, :] = airway2
     for _ in range(wall_px):
-        for y in range(h):
-            for x in range(w):
+        for y in range(y0, y1):
+            for x in range(x0, x1):
                 v = ring[y, x]
                 if not v and free2[y, x]:
                     v = ((y > 0 and ring[y - 1, x]) or (y + 1 < h and ring[y + 1, x])
                          or (x > 0 and ring[y, x - 1]) or (x + 1 < w and ring[y, x + 1]))
                 nxt[y, x] = v
-        ring[:, :] = nxt
+        ring[y0:y1, x0:x1] = nxt[y0:y1, x0:x1]
     out2[:, :] = ring
     _mark_touching(free2, airway2, max_px, out2, s, e, ptr, comp)
 
@@ -282,10 +307,11 @@ def _declare_air(img, t_low, t_air, seed_px, max_px, mid_px, wall_px, out):
     s = np.empty(cap, np.int32)
     e = np.empty(cap, np.int32)
     ptr = np.empty(z * h + 1, np.int64)
-    n = _low_runs(img, t_low, s, e, ptr)
+    run_air = np.empty(cap, np.int32)
+    n = _low_runs(img, t_low, t_air, s, e, ptr, run_air)
     comp = np.empty(n, np.int64)
     nc = label_runs_3d(s, e, ptr, z, h, comp)
-    outc = _outside_components(img, s, e, ptr, comp, nc, t_air)
+    outc = _outside_components(img.shape, s, e, ptr, run_air, comp, nc)
     for r in range(z * h):
         k = r // h
         y = r - k * h
