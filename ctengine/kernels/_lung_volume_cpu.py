@@ -161,101 +161,93 @@ def _outside_components(shape, s, e, ptr, run_air, comp, nc):
 
 
 @njit(cache=True)
-def _slice_masks(img2, t_low, t_air, s, e, a0, a1, outc, comp, outside2, free2, lumen2):
-    """One slice's outside, free (low, not outside) and lumen-like masks (reference stages 1-2)."""
-    h, w = img2.shape
-    outside2[:, :] = 0
-    for r in range(h):
-        for i in range(a0[r], a1[r]):
-            if outc[comp[i]]:
-                for x in range(s[i], e[i]):
-                    outside2[r, x] = 1
-    for y in range(h):
-        y0 = max(y - 1, 0)
-        y1 = min(y + 2, h)
-        for x in range(w):
-            f = img2[y, x] < t_low and not outside2[y, x]
-            free2[y, x] = f
-            if not f:
-                lumen2[y, x] = 0
-                continue
-            x0 = max(x - 1, 0)
-            x1 = min(x + 2, w)
-            total = np.int64(0)
-            for yy in range(y0, y1):
-                for xx in range(x0, x1):
-                    total += img2[yy, xx]
-            lumen2[y, x] = total < np.int64((y1 - y0) * (x1 - x0)) * t_air
-
-
-@njit(cache=True)
-def _slice_components(mask2, s, e, ptr, comp):
-    """Runs and 4-connected components of one slice; return (number of runs, number of components)."""
-    h, w = mask2.shape
+def _free_runs(s, e, ptr, r0, h, outc, comp, fs, fe, fptr):
+    """Runs of one slice (rows r0..r0+h-1 of the series) not in an outside component; their count."""
     n = 0
     for y in range(h):
-        ptr[y] = n
-        x = 0
-        while x < w:
-            if mask2[y, x]:
-                s[n] = x
-                while x < w and mask2[y, x]:
-                    x += 1
-                e[n] = x
+        fptr[y] = n
+        for i in range(ptr[r0 + y], ptr[r0 + y + 1]):
+            if not outc[comp[i]]:
+                fs[n] = s[i]
+                fe[n] = e[i]
                 n += 1
-            else:
-                x += 1
-    ptr[h] = n
-    return n, label_runs_3d(s, e, ptr, 1, h, comp)
+    fptr[h] = n
+    return n
 
 
 @njit(cache=True)
-def _mark_touching(mask2, ref2, max_px, out2, s, e, ptr, comp):
-    """out2 |= components of mask2 with <= max_px pixels holding a ref2 pixel; return pixels marked."""
-    h, w = mask2.shape
-    n, nc = _slice_components(mask2, s, e, ptr, comp)
+def _lumen_runs(img2, t_air, fs, fe, fptr, ls, le, lptr):
+    """Runs of the free pixels whose in-slice 3 x 3 mean raw value is below t_air (stage 2)."""
+    h, w = img2.shape
+    n = 0
+    for y in range(h):
+        lptr[y] = n
+        y0 = max(y - 1, 0)
+        y1 = min(y + 2, h)
+        for i in range(fptr[y], fptr[y + 1]):
+            inside = False
+            for x in range(fs[i], fe[i]):
+                x0 = max(x - 1, 0)
+                x1 = min(x + 2, w)
+                total = np.int64(0)
+                for yy in range(y0, y1):
+                    for xx in range(x0, x1):
+                        total += img2[yy, xx]
+                c = total < np.int64((y1 - y0) * (x1 - x0)) * t_air
+                if c and not inside:
+                    ls[n] = x
+                elif inside and not c:
+                    le[n] = x
+                    n += 1
+                inside = c
+            if inside:
+                le[n] = fe[i]
+                n += 1
+    lptr[h] = n
+    return n
+
+
+@njit(cache=True)
+def _touching(s, e, ptr, comp, nc, h, bs, be, bptr, max_px, keep):
+    """keep[c] = component c of runs (s, e, ptr) overlaps a run of (bs, be, bptr) and has <= max_px pixels."""
     area = np.zeros(nc, np.int64)
     touch = np.zeros(nc, np.uint8)
     for y in range(h):
+        j = bptr[y]
         for i in range(ptr[y], ptr[y + 1]):
-            c = comp[i]
-            area[c] += e[i] - s[i]
-            for x in range(s[i], e[i]):
-                if ref2[y, x]:
-                    touch[c] = 1
-                    break
-    marked = 0
-    for y in range(h):
-        for i in range(ptr[y], ptr[y + 1]):
-            c = comp[i]
-            if touch[c] and area[c] <= max_px:
-                for x in range(s[i], e[i]):
-                    out2[y, x] = 1
-                marked += e[i] - s[i]
-    return marked
+            area[comp[i]] += e[i] - s[i]
+            while j < bptr[y + 1] and be[j] <= s[i]:
+                j += 1
+            if j < bptr[y + 1] and bs[j] < e[i]:
+                touch[comp[i]] = 1
+    for c in range(nc):
+        keep[c] = touch[c] and area[c] <= max_px
+    return keep
 
 
 @njit(cache=True)
-def _seed(lumen2, outside2, seed_px, max_px, mid_px, out2, s, e, ptr, comp):
-    """Mark the trachea's seed component of one slice in out2; return True if there is one."""
-    h, w = lumen2.shape
-    nb = np.int64(0)
-    sb = np.int64(0)
+def _select(s, e, ptr, comp, keep, h, os_, oe, optr):
+    """Runs of the kept components; their count."""
+    n = 0
     for y in range(h):
-        for x in range(w):
-            if not outside2[y, x]:
-                nb += 1
-                sb += x
-    if nb == 0:
-        return False
-    n, nc = _slice_components(lumen2, s, e, ptr, comp)
-    if nc == 0:
-        return False
+        optr[y] = n
+        for i in range(ptr[y], ptr[y + 1]):
+            if keep[comp[i]]:
+                os_[n] = s[i]
+                oe[n] = e[i]
+                n += 1
+    optr[h] = n
+    return n
+
+
+@njit(cache=True)
+def _seed_runs(ls, le, lptr, comp, nc, h, nb, sb, seed_px, max_px, mid_px, keep):
+    """keep = the trachea's seed component (largest eligible, first on ties); False if there is none."""
     area = np.zeros(nc, np.int64)
     sumx = np.zeros(nc, np.int64)
-    for i in range(n):
-        area[comp[i]] += e[i] - s[i]
-        sumx[comp[i]] += (np.int64(s[i]) + e[i] - 1) * (e[i] - s[i]) // 2
+    for i in range(lptr[h]):
+        area[comp[i]] += le[i] - ls[i]
+        sumx[comp[i]] += (np.int64(ls[i]) + le[i] - 1) * (le[i] - ls[i]) // 2
     best = -1
     best_area = np.int64(0)
     for c in range(nc):
@@ -264,39 +256,46 @@ def _seed(lumen2, outside2, seed_px, max_px, mid_px, out2, s, e, ptr, comp):
             if a > best_area:
                 best = c
                 best_area = a
-    if best < 0:
-        return False
-    for y in range(h):
-        for i in range(ptr[y], ptr[y + 1]):
-            if comp[i] == best:
-                for x in range(s[i], e[i]):
-                    out2[y, x] = 1
-    return True
+    for c in range(nc):
+        keep[c] = c == best
+    return best >= 0
 
 
 @njit(cache=True)
-def _wall(free2, airway2, max_px, wall_px, out2, ring, nxt, s, e, ptr, comp):
-    """out2 = the airway, its wall_px-pixel geodesic ring in free2 and the small parts holding it."""
-    h, w = free2.shape
+def _wall(img_out2, fs, fe, fptr, as_, ae, aptr, h, w, wall_px, ring, nxt, free2):
+    """Zero (in img_out2) the airway and its wall_px-pixel geodesic ring inside the free runs."""
     y0, y1, x0, x1 = h, -1, w, -1
     for y in range(h):
-        for x in range(w):
-            if airway2[y, x]:
-                y0, y1, x0, x1 = min(y0, y), max(y1, y), min(x0, x), max(x1, x)
+        if aptr[y + 1] > aptr[y]:
+            y0, y1 = min(y0, y), max(y1, y)
+            x0, x1 = min(x0, as_[aptr[y]]), max(x1, ae[aptr[y + 1] - 1] - 1)
     y0, y1 = max(y0 - wall_px, 0), min(y1 + wall_px + 1, h)   # the ring grows wall_px at most
     x0, x1 = max(x0 - wall_px, 0), min(x1 + wall_px + 1, w)
-    ring[:, :] = airway2
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            ring[y, x] = 0
+            free2[y, x] = 0
+        for i in range(aptr[y], aptr[y + 1]):
+            for x in range(as_[i], ae[i]):
+                ring[y, x] = 1
+        for i in range(fptr[y], fptr[y + 1]):
+            for x in range(max(fs[i], x0), min(fe[i], x1)):
+                free2[y, x] = 1
     for _ in range(wall_px):
         for y in range(y0, y1):
             for x in range(x0, x1):
                 v = ring[y, x]
                 if not v and free2[y, x]:
-                    v = ((y > 0 and ring[y - 1, x]) or (y + 1 < h and ring[y + 1, x])
-                         or (x > 0 and ring[y, x - 1]) or (x + 1 < w and ring[y, x + 1]))
+                    v = ((y > y0 and ring[y - 1, x]) or (y + 1 < y1 and ring[y + 1, x])
+                         or (x > x0 and ring[y, x - 1]) or (x + 1 < x1 and ring[y, x + 1]))
                 nxt[y, x] = v
-        ring[y0:y1, x0:x1] = nxt[y0:y1, x0:x1]
-    out2[:, :] = ring
-    _mark_touching(free2, airway2, max_px, out2, s, e, ptr, comp)
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                ring[y, x] = nxt[y, x]
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            if ring[y, x]:
+                img_out2[y, x] = 0
 
 
 @njit(cache=True)
@@ -319,35 +318,41 @@ def _declare_air(img, t_low, t_air, seed_px, max_px, mid_px, wall_px, out):
             if outc[comp[i]]:
                 for x in range(s[i], e[i]):
                     out[k, y, x] = 0
-    scap = h * ((w + 1) // 2)
-    ss = np.empty(scap, np.int32)
-    se = np.empty(scap, np.int32)
-    sptr = np.empty(h + 1, np.int64)
-    scomp = np.empty(scap, np.int64)
-    outside2 = np.empty((h, w), np.uint8)
-    free2 = np.empty((h, w), np.uint8)
-    lumen2 = np.empty((h, w), np.uint8)
-    airway = np.zeros((2, h, w), np.uint8)
-    drop = np.empty((h, w), np.uint8)
-    ring = np.empty((h, w), np.uint8)
-    nxt = np.empty((h, w), np.uint8)
+    scap = h * ((w + 1) // 2) + 1
+    fs, fe, fptr = np.empty(scap, np.int32), np.empty(scap, np.int32), np.empty(h + 1, np.int64)
+    ls, le, lptr = np.empty(scap, np.int32), np.empty(scap, np.int32), np.empty(h + 1, np.int64)
+    as_, ae, aptr = np.empty(scap, np.int32), np.empty(scap, np.int32), np.zeros(h + 1, np.int64)
+    ws, we, wptr = np.empty(scap, np.int32), np.empty(scap, np.int32), np.empty(h + 1, np.int64)
+    lcomp, fcomp = np.empty(scap, np.int64), np.empty(scap, np.int64)
+    keep = np.empty(scap, np.uint8)
+    ring, nxt, free2 = np.empty((h, w), np.uint8), np.empty((h, w), np.uint8), np.empty((h, w), np.uint8)
+    total_cols = np.int64(h) * ((np.int64(w) - 1) * w // 2)
     seeded = False
     for k in range(z):
-        cur = airway[k % 2]
-        prev = airway[(k + 1) % 2]
-        cur[:, :] = 0
-        _slice_masks(img[k], t_low, t_air, s, e, ptr[k * h:k * h + h], ptr[k * h + 1:k * h + h + 1],
-                     outc, comp, outside2, free2, lumen2)
+        _free_runs(s, e, ptr, k * h, h, outc, comp, fs, fe, fptr)
+        _lumen_runs(img[k], t_air, fs, fe, fptr, ls, le, lptr)
+        nl = label_runs_3d(ls, le, lptr, 1, h, lcomp)
         if not seeded:
-            seeded = _seed(lumen2, outside2, seed_px, max_px, mid_px, cur, ss, se, sptr, scomp)
-            if not seeded:
+            nb = np.int64(h) * w
+            sb = total_cols
+            for i in range(ptr[k * h], ptr[k * h + h]):
+                if outc[comp[i]]:
+                    nb -= e[i] - s[i]
+                    sb -= (np.int64(s[i]) + e[i] - 1) * (e[i] - s[i]) // 2
+            if nb == 0 or not _seed_runs(ls, le, lptr, lcomp, nl, h, nb, sb, seed_px, max_px, mid_px, keep):
                 continue
-        elif _mark_touching(lumen2, prev, max_px, cur, ss, se, sptr, scomp) == 0:
+            seeded = True
+        else:
+            _touching(ls, le, lptr, lcomp, nl, h, as_, ae, aptr, max_px, keep)
+        if _select(ls, le, lptr, lcomp, keep, h, as_, ae, aptr) == 0:
             return
-        _wall(free2, cur, max_px, wall_px, drop, ring, nxt, ss, se, sptr, scomp)
+        _wall(out[k], fs, fe, fptr, as_, ae, aptr, h, w, wall_px, ring, nxt, free2)
+        nf = label_runs_3d(fs, fe, fptr, 1, h, fcomp)
+        _touching(fs, fe, fptr, fcomp, nf, h, as_, ae, aptr, max_px, keep)
+        _select(fs, fe, fptr, fcomp, keep, h, ws, we, wptr)
         for y in range(h):
-            for x in range(w):
-                if drop[y, x]:
+            for i in range(wptr[y], wptr[y + 1]):
+                for x in range(ws[i], we[i]):
                     out[k, y, x] = 0
 
 
