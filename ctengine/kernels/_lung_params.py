@@ -105,6 +105,11 @@ def default_spacing(shape_yx: tuple[int, int]) -> tuple[float, float]:
     return (s, s)
 
 
+def _area_px(name: str, mm2: Any, pixel_mm2: float, cap: int) -> int:
+    """An area option (mm2) in whole pixels, at least 1; areas beyond the slice act alike: cap."""
+    return int(max(1, math.ceil(min(_nonneg(name, mm2) / pixel_mm2, cap))))
+
+
 def _pixel_spacing(shape_yx: tuple[int, int], spacing: Any) -> tuple[float, float]:
     """Validated (sy, sx) in mm; None gives :func:`default_spacing`."""
     if spacing is None:
@@ -137,9 +142,8 @@ def resolve_volume(shape_yx: tuple[int, int], *, spacing: Any = None,
     fraction = _nonneg("min_volume_fraction", min_volume_fraction)
     if fraction > 1:
         raise ValueError(f"min_volume_fraction must be in [0, 1], got {min_volume_fraction!r}")
-    seed = _nonneg("airway_min_area_mm2", airway_min_area_mm2) / (sy * sx)
     return VolumeParams(
-        seed_px=int(max(1, math.ceil(min(seed, cap)))),
+        seed_px=_area_px("airway_min_area_mm2", airway_min_area_mm2, sy * sx, cap),
         airway_max_px=int(math.floor(min(_nonneg("airway_max_area_mm2", airway_max_area_mm2) / (sy * sx), cap))),
         midline_px=int(math.floor(min(_nonneg("trachea_midline_mm", trachea_midline_mm) / sx, w))),
         wall_px=int(round(min(_nonneg("airway_wall_mm", airway_wall_mm) / min(sy, sx), max(h, w)))),
@@ -167,9 +171,6 @@ def resolve(shape_yx: tuple[int, int], *, spacing: Any = None, slope: Any = DEFA
     h, w = (max(int(n), 1) for n in shape_yx)
     pixel_mm2 = sy * sx
 
-    def pixels(name: str, mm2: Any) -> int:  # areas beyond the slice act alike: cap at h w + 1
-        return int(max(1, math.ceil(min(_nonneg(name, mm2) / pixel_mm2, h * w + 1))))
-
     def length(name: str, mm: Any, step: float, cap: int, low: int) -> int:  # same for lengths
         return int(max(low, round(min(_nonneg(name, mm) / step, cap))))
 
@@ -177,11 +178,11 @@ def resolve(shape_yx: tuple[int, int], *, spacing: Any = None, slope: Any = DEFA
     return LungParams(
         t_low=raw_threshold(low_hu, slope, intercept),
         t_air=raw_threshold(air_hu, slope, intercept),
-        airway_px=pixels("airway_min_area_mm2", airway_min_area_mm2),
-        lung_px=pixels("min_area_mm2", min_area_mm2),
+        airway_px=_area_px("airway_min_area_mm2", airway_min_area_mm2, pixel_mm2, h * w + 1),
+        lung_px=_area_px("min_area_mm2", min_area_mm2, pixel_mm2, h * w + 1),
         split_px=int(max(1, math.floor(min(_nonneg("split_window_mm", split_window_mm) / sx, w)))),
         ry=length("closing_mm", closing, sy, h, 0),
         rx=length("closing_mm", closing, sx, w, 0),
-        hole_px=pixels("tissue_hole_mm2", tissue_hole_mm2),
+        hole_px=_area_px("tissue_hole_mm2", tissue_hole_mm2, pixel_mm2, h * w + 1),
         t_soft=raw_threshold(_finite("tissue_hu", tissue_hu), slope, intercept),
     )

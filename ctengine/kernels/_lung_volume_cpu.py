@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._lung_runs import find
+from ._lung_runs import label_runs_3d
 
 
 @njit(cache=True)
@@ -46,53 +46,6 @@ def runs_of(mask):
     ptr = np.empty(z * h + 1, np.int64)
     n = _runs(m, s, e, ptr)
     return s[:n], e[:n], ptr
-
-
-@njit(cache=True, inline="always")
-def _union_rows(parent, s, e, a0, a1, b0, b1):
-    """Union every pair of overlapping runs of two rows (runs a0..a1 and b0..b1)."""
-    i = a0
-    j = b0
-    while i < a1 and j < b1:
-        if s[i] < e[j] and s[j] < e[i]:
-            a = find(parent, i)
-            b = find(parent, j)
-            if a < b:
-                parent[b] = a
-            elif b < a:
-                parent[a] = b
-        if e[i] < e[j]:
-            i += 1
-        elif e[j] < e[i]:
-            j += 1
-        else:
-            i += 1
-            j += 1
-
-
-@njit(cache=True)
-def label_runs_3d(s, e, ptr, z, h, comp):
-    """6-connected components of runs: comp[i] in 0..n-1 numbered by first run; return n."""
-    n = ptr[z * h]
-    parent = np.empty(n, np.int64)
-    for i in range(n):
-        parent[i] = i
-    for k in range(z):
-        for y in range(h):
-            r = k * h + y
-            if y > 0:
-                _union_rows(parent, s, e, ptr[r - 1], ptr[r], ptr[r], ptr[r + 1])
-            if k > 0:
-                _union_rows(parent, s, e, ptr[r - h], ptr[r - h + 1], ptr[r], ptr[r + 1])
-    nc = 0
-    for i in range(n):
-        root = find(parent, i)
-        if root == i:
-            comp[i] = nc
-            nc += 1
-        else:
-            comp[i] = comp[root]
-    return nc
 
 
 @njit(cache=True)
@@ -161,21 +114,6 @@ def _outside_components(shape, s, e, ptr, run_air, comp, nc):
 
 
 @njit(cache=True)
-def _free_runs(s, e, ptr, r0, h, outc, comp, fs, fe, fptr):
-    """Runs of one slice (rows r0..r0+h-1 of the series) not in an outside component; their count."""
-    n = 0
-    for y in range(h):
-        fptr[y] = n
-        for i in range(ptr[r0 + y], ptr[r0 + y + 1]):
-            if not outc[comp[i]]:
-                fs[n] = s[i]
-                fe[n] = e[i]
-                n += 1
-    fptr[h] = n
-    return n
-
-
-@njit(cache=True)
 def _lumen_runs(img2, t_air, fs, fe, fptr, ls, le, lptr):
     """Runs of the free pixels whose in-slice 3 x 3 mean raw value is below t_air (stage 2)."""
     h, w = img2.shape
@@ -227,7 +165,7 @@ def _touching(s, e, ptr, comp, nc, h, bs, be, bptr, max_px, keep):
 
 @njit(cache=True)
 def _select(s, e, ptr, comp, keep, h, os_, oe, optr):
-    """Runs of the kept components; their count."""
+    """Runs (h rows from ptr) of the components with keep[c] != 0; their count."""
     n = 0
     for y in range(h):
         optr[y] = n
@@ -311,6 +249,7 @@ def _declare_air(img, t_low, t_air, seed_px, max_px, mid_px, wall_px, out):
     comp = np.empty(n, np.int64)
     nc = label_runs_3d(s, e, ptr, z, h, comp)
     outc = _outside_components(img.shape, s, e, ptr, run_air, comp, nc)
+    inside = 1 - outc
     for r in range(z * h):
         k = r // h
         y = r - k * h
@@ -329,7 +268,7 @@ def _declare_air(img, t_low, t_air, seed_px, max_px, mid_px, wall_px, out):
     total_cols = np.int64(h) * ((np.int64(w) - 1) * w // 2)
     seeded = False
     for k in range(z):
-        _free_runs(s, e, ptr, k * h, h, outc, comp, fs, fe, fptr)
+        _select(s, e, ptr[k * h:k * h + h + 1], comp, inside, h, fs, fe, fptr)
         _lumen_runs(img[k], t_air, fs, fe, fptr, ls, le, lptr)
         nl = label_runs_3d(ls, le, lptr, 1, h, lcomp)
         if not seeded:
