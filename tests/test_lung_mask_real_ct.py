@@ -218,3 +218,11 @@ def test_feature_pipeline_on_real_ct(lidc, tmp_path, client):
     assert report.series_computed == 1 and not report.failed_series
     stored = zarr.open_group(store, mode="r")["patient1/SR_2/labels/lung/0"][:]
     np.testing.assert_array_equal(stored, lidc["mask"])
+
+
+def test_lidc_lungs_kept_when_the_airway_opens_to_the_outside(lidc):
+    """An open mouth or a tube joins the lungs to the outside air in 3-D: the lungs must not go with it."""
+    raw = lidc["raw"].copy()
+    raw[0:4, 0:225, 228:242] = 24            # a -1000 HU channel from the image edge into the trachea
+    mask = lung_mask(raw, spacing=lidc["spacing"][1:])
+    assert dice(mask > 0, lidc["mask"] > 0) >= 0.99

@@ -92,24 +92,55 @@ def _low_runs(img, t_low, t_air, s, e, ptr, nair):
 
 
 @njit(cache=True)
-def _outside_components(shape, s, e, ptr, run_air, comp, nc):
-    """Per component: 1 when it touches a slice border and is mostly pure air."""
-    z, h, w = shape
+def _border_airlike(s, e, ptr, r0, rows, h, w, run_air, comp, nc):
+    """Per component of the runs of rows r0..r0+rows-1: (touches a slice border and mostly air, touches
+    a slice border, pixel count, pure-air count)."""
     area = np.zeros(nc, np.int64)
     nair = np.zeros(nc, np.int64)
     edge = np.zeros(nc, np.uint8)
-    for k in range(z):
-        for y in range(h):
-            r = k * h + y
-            for i in range(ptr[r], ptr[r + 1]):
-                c = comp[i]
-                area[c] += e[i] - s[i]
-                if y == 0 or y == h - 1 or s[i] == 0 or e[i] == w:
-                    edge[c] = 1
-                nair[c] += run_air[i]
+    for r in range(r0, r0 + rows):
+        y = r % h
+        for i in range(ptr[r], ptr[r + 1]):
+            c = comp[i - ptr[r0]]
+            area[c] += e[i] - s[i]
+            if y == 0 or y == h - 1 or s[i] == 0 or e[i] == w:
+                edge[c] = 1
+            nair[c] += run_air[i]
     out = np.zeros(nc, np.uint8)
     for c in range(nc):
         out[c] = edge[c] and 2 * nair[c] > area[c]
+    return out, edge, area, nair
+
+
+@njit(cache=True)
+def _outside_components(shape, s, e, ptr, run_air, comp, nc):
+    """Per 3-D component: 1 when it is outside (reference stage 1)."""
+    z, h, w = shape
+    candidate = _border_airlike(s, e, ptr, 0, z * h, h, w, run_air, comp, nc)[0]
+    held = np.zeros(nc, np.int64)
+    scap = h * ((w + 1) // 2) + 1
+    ls, le, lptr = np.empty(scap, np.int32), np.empty(scap, np.int32), np.empty(h + 1, np.int64)
+    comp2 = np.empty(scap, np.int64)
+    for k in range(z):
+        base = ptr[k * h]
+        for y in range(h + 1):
+            lptr[y] = ptr[k * h + y] - base
+        for i in range(ptr[k * h], ptr[k * h + h]):
+            ls[i - base] = s[i]
+            le[i - base] = e[i]
+        n2 = label_runs_3d(ls, le, lptr, 1, h, comp2)
+        _, edge2, area2, nair2 = _border_airlike(s, e, ptr, k * h, h, h, w, run_air, comp2, n2)
+        for i in range(ptr[k * h], ptr[k * h + h]):
+            c2 = comp2[i - base]
+            if not edge2[c2] and 2 * nair2[c2] <= area2[c2]:
+                held[comp[i]] += e[i] - s[i]
+    left = np.int64(0)
+    for c in range(nc):
+        if not candidate[c]:
+            left += held[c]
+    out = np.zeros(nc, np.uint8)
+    for c in range(nc):
+        out[c] = candidate[c] and held[c] < left
     return out
 
 

@@ -9,10 +9,17 @@ below) and 4-connectivity in 2-D, as in the per-slice method.
 (pure air) so that the per-slice method drops them and carves them out:
 
 1. ``low = I < t_low``, ``air = I < t_air``. A 3-D component of ``low`` is
-   *outside* when it touches the first or last row or column of any slice
-   and more than half of its voxels are pure air: the air around the body
-   and everything air-like connected to it anywhere in the series (table
-   padding, air between the pad and the back, the field-of-view border).
+   a *candidate outside* when it touches the first or last row or column of
+   any slice and more than half of its voxels are pure air: the air around
+   the body and everything air-like connected to it anywhere in the series
+   (table padding, air between the pad and the back, the field-of-view
+   border). *Enclosed* voxels are those of the 2-D components of ``low``
+   (slice by slice) that touch no slice border and are not mostly pure air:
+   what the per-slice method would take for lung. A candidate is *outside*
+   when it holds fewer enclosed voxels than all candidates leave outside
+   themselves: a padding pocket is small beside the lungs, but lungs joined
+   to the outside air through an open airway (an open mouth, a tube) are
+   not, and such a candidate is left to the per-slice method.
 2. The airways, followed down from the top of the trachea. ``lumen``: the
    pixels of ``low & ~outside`` whose 3 x 3 in-plane neighbourhood (the
    part inside the slice) has a mean raw value below ``t_air`` (noise in an
@@ -61,10 +68,9 @@ def _modules(x: Any) -> tuple[Any, Any]:
     return cupy, ndimage
 
 
-def outside_air(low: Any, air: Any) -> Any:
-    """Voxels of the 3-D components of ``low`` that touch a slice border and are mostly pure air."""
-    xp, ndi = _modules(low)
-    lab, n = ndi.label(low, structure=ndi.generate_binary_structure(3, 1))
+def _border_airlike(lab: Any, n: int, air: Any) -> Any:
+    """Per label (index 0 = background, False): touches a slice border and is mostly pure air."""
+    xp, _ = _modules(lab)
     area = xp.bincount(lab.ravel(), minlength=n + 1)
     nair = xp.bincount(lab[air], minlength=n + 1)
     edge = xp.zeros(n + 1, dtype=bool)
@@ -72,6 +78,24 @@ def outside_air(low: Any, air: Any) -> Any:
                          lab[:, :, -1].ravel()])] = True
     out = edge & (2 * nair > area)
     out[0] = False
+    return out, edge, area, nair
+
+
+def outside_air(low: Any, air: Any) -> Any:
+    """Outside voxels of a series (stage 1)."""
+    xp, ndi = _modules(low)
+    lab, n = ndi.label(low, structure=ndi.generate_binary_structure(3, 1))
+    candidate = _border_airlike(lab, n, air)[0]
+    in_plane = xp.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndi.generate_binary_structure(2, 1)
+    lab2, n2 = ndi.label(low, structure=in_plane)
+    _, edge2, area2, nair2 = _border_airlike(lab2, n2, air)
+    lung_like = ~edge2 & (2 * nair2 <= area2)
+    lung_like[0] = False
+    enclosed = lung_like[lab2]
+    held = xp.bincount(lab[enclosed], minlength=n + 1)
+    left = int(held[~candidate].sum())
+    out = candidate & (held < left)
     return out[lab]
 
 

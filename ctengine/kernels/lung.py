@@ -8,7 +8,8 @@ A stack is one series, superior slice first, and is segmented as a whole:
 
 - air connected in 3-D to the outside of the body or the field of view is
   never lung: the air around the patient, the table padding and its air
-  pockets, the air between the pad and the back;
+  pockets, the air between the pad and the back (lungs joined to the
+  outside through an open airway are recognised by their size and kept);
 - the airways are found from the top of the trachea (a lumen near the body
   midline, in the neck slices too) and followed down slice by slice; they
   and their wall leave the candidates;
