@@ -94,10 +94,10 @@ LUNG_AIRWAY_MIN_AREA_MM2 = 30.0
 LUNG_CLOSING_MM = 15.0
 #: a hole in a lung (or a region the closing adds) that is mostly soft tissue,
 #: HU >= LUNG_TISSUE_HU (liver or spleen dome, heart), stays out of the mask;
-#: smaller ones than LUNG_TISSUE_HOLE_MM2 (vessels, nodules up to about 3 cm,
-#: the area of a 32 mm disc) are lung
+#: smaller ones than LUNG_TISSUE_HOLE_MM2 (vessels, nodules up to about
+#: 22 mm, the area of a 22.6 mm disc) are lung
 LUNG_TISSUE_HU = 20.0
-LUNG_TISSUE_HOLE_MM2 = 800.0
+LUNG_TISSUE_HOLE_MM2 = 400.0
 #: half width (mm) of the band around the body midline searched for the
 #: column that separates right and left lung
 LUNG_SPLIT_WINDOW_MM = 40.0

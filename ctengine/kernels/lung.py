@@ -99,9 +99,10 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
         and left are cut apart (default 40).
     tissue_hu, tissue_hole_mm2 : float
         A hole or a region the closing would add, of at least
-        ``tissue_hole_mm2`` mm2 (default 800, a 32 mm disc), whose median is
-        >= ``tissue_hu`` HU (default 20) is soft tissue and stays out of the
-        mask; smaller ones (vessels, nodules) are lung.
+        ``tissue_hole_mm2`` mm2 (default 400, a 22.6 mm disc), whose median
+        is >= ``tissue_hu`` HU (default 20) is soft tissue and stays out of
+        the mask; smaller ones (vessels, nodules) are lung. 800 keeps nodules
+        up to about 3 cm, and lets more of the heart's and liver's edges in.
     airway_max_area_mm2 : float
         Largest airway cross-section (mm2) followed from the trachea
         (default 700); ``airway_min_area_mm2`` is the smallest trachea seed.
