@@ -98,9 +98,19 @@ LUNG_AIRWAY_MIN_AREA_MM2 = 30.0
 LUNG_CLOSING_MM = 15.0
 #: a hole in a lung (or a region the closing adds) that is mostly soft tissue,
 #: HU >= LUNG_TISSUE_HU (liver or spleen dome, heart), stays out of the mask;
-#: holes smaller than LUNG_TISSUE_HOLE_MM2 (vessels) are always filled
+#: smaller ones than LUNG_TISSUE_HOLE_MM2 (vessels, nodules up to about
+#: 22 mm, the area of a 22.6 mm disc) are lung
 LUNG_TISSUE_HU = 20.0
 LUNG_TISSUE_HOLE_MM2 = 400.0
 #: half width (mm) of the band around the body midline searched for the
 #: column that separates right and left lung
 LUNG_SPLIT_WINDOW_MM = 40.0
+#: whole-series lung mask: largest airway cross-section (mm^2) followed down
+#: from the trachea, thickness (mm) of the airway wall dropped with it, and
+#: the largest distance (mm) of the trachea's centroid from the body midline
+LUNG_AIRWAY_MAX_AREA_MM2 = 700.0
+LUNG_AIRWAY_WALL_MM = 3.0
+LUNG_TRACHEA_MIDLINE_MM = 25.0
+#: a 3-D component of the mask smaller than this fraction of the largest one
+#: is not lung (gas below the diaphragm, islands)
+LUNG_MIN_VOLUME_FRACTION = 0.05

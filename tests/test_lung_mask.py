@@ -9,7 +9,9 @@ from scipy import ndimage
 
 from ctengine.kernels import lung as lung_module
 from ctengine.kernels._lung_cpu import lung_mask_stack
-from ctengine.kernels._lung_params import LungParams
+from ctengine.kernels import _lung_volume_cpu as volume_cpu
+from ctengine.kernels import _lung_volume_reference as volume_reference
+from ctengine.kernels._lung_params import LungParams, VolumeParams
 from ctengine.kernels._lung_reference import lung_mask_reference
 from ctengine.kernels.lung import lung_mask
 
@@ -112,6 +114,33 @@ def test_cpu_matches_reference_on_random_inputs():
     for _ in range(120):
         raw, p = random_case(rng)
         np.testing.assert_array_equal(cpu(raw, p), lung_mask_reference(raw, p), err_msg=str(p))
+
+
+def random_series(rng: np.random.Generator) -> tuple[np.ndarray, int, int, VolumeParams]:
+    """Tiny random series (smooth blobs with noise and a pure-air rim) and random whole-series parameters."""
+    z, h, w = int(rng.integers(2, 6)), int(rng.integers(3, 40)), int(rng.integers(3, 40))
+    f = ndimage.gaussian_filter(rng.normal(size=(z, h, w)), (rng.uniform(0, 1.5), *(rng.uniform(0.5, 3),) * 2))
+    f = (f - f.min()) / (np.ptp(f) + 1e-9) * 1200 + rng.normal(0, rng.uniform(0, 60), (z, h, w))
+    if rng.random() < 0.5:
+        f[:, :2] = 0
+    t_low = int(rng.integers(200, 900))
+    v = VolumeParams(int(rng.integers(1, 20)), int(rng.integers(1, 200)), int(rng.integers(0, 20)),
+                     int(rng.integers(0, 4)), int(rng.integers(0, 1001)))
+    return np.clip(f, 0, 65535).astype(np.uint16), t_low, int(rng.integers(0, t_low + 1)), v
+
+
+def test_whole_series_stages_match_reference_on_random_inputs():
+    rng = np.random.default_rng(20261202)
+    tracked = 0
+    for _ in range(150):
+        raw, t_low, t_air, v = random_series(rng)
+        expected = volume_reference.declare_air(raw, t_low, t_air, v)
+        np.testing.assert_array_equal(volume_cpu.declare_air(raw, t_low, t_air, v), expected, err_msg=str(v))
+        tracked += int(((expected == 0) & (raw > 0)).any())
+        mask = rng.integers(0, 3, raw.shape).astype(np.uint8) * (rng.random(raw.shape) < 0.4)
+        np.testing.assert_array_equal(volume_cpu.keep_lungs(mask.copy(), v),
+                                      volume_reference.keep_lungs(mask.copy(), v), err_msg=str(v))
+    assert tracked >= 30, tracked   # the cases do reach the outside and airway stages
 
 
 def test_cpu_matches_reference_on_phantom(phantom_series):

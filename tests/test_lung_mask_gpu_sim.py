@@ -57,7 +57,15 @@ SIM_SCRIPT = textwrap.dedent("""
         assert np.array_equal(got, ref), (stack.shape, p, int((got != ref).sum()))
         lungs += int((ref == 1).any()) + int((ref == 2).any())
     assert lungs >= 8, lungs            # the cases do reach the lung stages
-    print("identical", len(cases))
+    # a whole series, composed as lung_mask composes it for cupy: whole-series stages around the kernels
+    from ctengine.kernels import lung_mask
+    from ctengine.kernels._lung_params import resolve_volume
+    from ctengine.kernels._lung_volume_reference import declare_air, keep_lungs
+    series = ph.raw
+    p, v = resolve(series.shape[1:]), resolve_volume(series.shape[1:])
+    composed = keep_lungs(gpu(declare_air(series, p.t_low, p.t_air, v), p), v)
+    assert (composed > 0).any() and np.array_equal(composed, lung_mask(series))
+    print("identical", len(cases) + 1)
 """)
 
 
@@ -69,7 +77,7 @@ def test_cuda_kernels_match_reference_in_simulator():
     run = subprocess.run([sys.executable, "-c", SIM_SCRIPT], env=env, cwd=root,
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "identical 12" in run.stdout
+    assert "identical 13" in run.stdout
 
 
 @pytest.fixture(scope="module")

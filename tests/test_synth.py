@@ -474,3 +474,177 @@ def test_like_mode_small_fraction_writes_real_groups(tmp_path):
     meta = pd.read_csv(tmp_path / "Patients_metadata.csv", dtype=str, keep_default_na=False).set_index("Patient ID")
     for pid in det["Patient ID"]:
         assert meta.loc[pid, "SR_2 PixelSpacing"] == ref.loc[pid, "SR_2 PixelSpacing"]
+
+
+# ---------------------------------------------------------------- what real scans showed (issue 11)
+
+REAL = dict(n_slices=40, covid=False, shape=(256, 256), spacing_mm=0.7, body_width_mm=300.0, noise_scale=0.0)
+REAL_MMPP = 0.7 * 512 / 256
+
+
+def _real(seed: int):
+    ph = render_series(seed=seed, **REAL)
+    an = make_anatomy(seed, covid=False, body_width_mm=REAL["body_width_mm"], fov_mm=512 * 0.7)
+    return ph, an
+
+
+def _px(x_mm: float) -> float:
+    return 127.5 + x_mm / REAL_MMPP
+
+
+def _slices(an, z0: float, z1: float) -> list[int]:
+    step = an.length / REAL["n_slices"]
+    return [k for k in range(REAL["n_slices"]) if z0 < (k + 0.5) * step < z1]
+
+
+@pytest.fixture(scope="module")
+def real_like():
+    return {seed: _real(seed) for seed in (0, 1)}
+
+
+def test_thick_foam_pad_with_air_pockets_on_a_wide_table(real_like):
+    from ctengine.synth._scene import pad_top
+    for ph, an in real_like.values():
+        assert 30.0 <= an.pad_thick <= 60.0 and an.table_half_width > 1.1 * an.A
+        hu = _hu(ph.raw)
+        # the pad's core under the patient, away from the pockets: foam -900..-800 with texture
+        cols = np.arange(int(_px(-0.5 * an.A)), int(_px(0.5 * an.A)))
+        core = []
+        for c in cols:
+            top = pad_top(an, (c - 127.5) * REAL_MMPP)
+            r0, r1 = int(_px(top + 0.25 * an.pad_thick)), int(_px(top + 0.75 * an.pad_thick))
+            core.append(hu[:, r0:r1, c])
+        core = np.concatenate(core, axis=1)
+        foam = core[(core > -960) & (core < -700)]
+        assert foam.size > 0.6 * core.size
+        assert -900 <= np.median(foam) <= -800 and foam.std() > 5.0, "textured foam"
+        assert (core <= -999).sum() > 50, "air pockets inside the pad"
+        # a pocket is air enclosed in foam: a pure-air component below the back, off the image border
+        seen = 0
+        for k in range(ph.raw.shape[0]):
+            lab, n = ndimage.label(hu[k] < -950)
+            for i in range(1, n + 1):
+                ys, xs = np.nonzero(lab == i)
+                if ys.min() > _px(an.y_table) + 1 and xs.min() > 0 and ys.max() < 255 and xs.max() < 255:
+                    ring = ndimage.binary_dilation(lab == i) & (lab != i)
+                    assert (hu[k][ring] >= -950).all() and np.median(hu[k][ring]) < -700, "in foam"
+                    seen += 1
+        assert seen >= 1
+        assert (ph.lung[:, int(_px(an.y_table)) + 1:] == 0).all(), "nothing below the back is truth lung"
+
+
+def test_air_gap_between_pad_and_back_is_enclosed(real_like):
+    found = 0
+    for ph, an in real_like.values():
+        xg, gw, gh, g0, g1 = an.back_gap
+        hu = _hu(ph.raw)
+        for k in _slices(an, g0, g1):
+            c = int(round(_px(xg)))
+            col = hu[k, :, c]
+            y_back = int(np.floor(_px(an.y_table - 0.5)))
+            below = col[y_back + 1:y_back + 1 + int(np.ceil(gh / REAL_MMPP)) + 2]
+            if not (below <= -999).any():
+                continue
+            lab, _ = ndimage.label(hu[k] < -950)
+            i = lab[y_back + 1 + int(np.argmax(below <= -999)), c]
+            ys, xs = np.nonzero(lab == i)
+            # bounded by the body above, the foam below and on both sides: not the air around the patient
+            assert ys.min() > 0 and xs.min() > 0 and xs.max() < 255 and ys.max() < 255
+            assert len(ys) < (4 * gw * gh) / REAL_MMPP ** 2
+            ring = ndimage.binary_dilation(lab == i) & (lab != i)
+            assert (hu[k][ring] >= -950).all()
+            assert (hu[k, ys.min() - 1, xs] > -200).mean() > 0.5, "the back lies on it"
+            assert (ph.lung[k][lab == i] == 0).all()
+            found += 1
+    assert found >= 5
+
+
+def test_trachea_is_air_near_the_midline_in_the_neck_slices(real_like):
+    for ph, an in real_like.values():
+        hu = _hu(ph.raw)
+        lung_slices = np.flatnonzero(ph.lung.reshape(len(ph.lung), -1).any(axis=1))
+        neck = range(int(lung_slices[0]))
+        assert len(neck) >= 1
+        for k in neck:
+            lab, n = ndimage.label(hu[k] < -950)
+            found = False
+            for i in range(1, n + 1):
+                ys, xs = np.nonzero(lab == i)
+                area = len(ys) * REAL_MMPP ** 2
+                if ys.min() > 0 and xs.min() > 0 and 100 < area < 400 and abs(xs.mean() - 127.5) * REAL_MMPP < 10:
+                    found = True
+                    wall = ndimage.binary_dilation(lab == i, iterations=3) & ~ndimage.binary_dilation(lab == i)
+                    assert (hu[k][wall] > -500).all(), "in soft tissue, not in lung"
+            assert found, k
+            assert ph.lung[k].max() == 0
+
+
+def test_stomach_bubble_and_bowel_gas_under_the_left_dome(real_like):
+    beside_lung = 0
+    for ph, an in real_like.values():
+        hu = _hu(ph.raw)
+        s0, s1 = an.stomach[:2]
+        g0, g1 = an.dome_gas[:, 2].min(), an.dome_gas[:, 3].max()
+        ks = _slices(an, min(s0, g0), max(s1, g1))
+        assert len(ks) >= 3
+        for k in ks:
+            lab, n = ndimage.label(hu[k] < -950)
+            sizes = ndimage.sum_labels(np.ones_like(lab), lab, range(1, n + 1))
+            inner = []
+            for i in range(1, n + 1):
+                ys, xs = np.nonzero(lab == i)
+                if ys.min() > 0 and xs.min() > 0 and ys.max() < 255 and xs.max() < 255 and \
+                        xs.mean() > 127.5 + 20 / REAL_MMPP and ys.mean() < _px(an.y_table - 10):
+                    inner.append(i)
+            gas = np.isin(lab, inner)
+            if not gas.any():
+                continue
+            # gas on the patient's left, never truth lung, with tissue between it and any lung
+            assert (ph.lung[k][ndimage.binary_dilation(gas, iterations=2)] == 0).all(), k
+            assert sizes.max() > 0
+            if (ph.lung[k] == 2).sum() > 100:
+                beside_lung += 1
+    assert beside_lung >= 1, "gas under the dome on slices that still hold left lung"
+    # the stomach bubble has a flat air-fluid level (air anterior, fluid posterior)
+    ph, an = real_like[0]
+    hu = _hu(ph.raw)
+    k = _slices(an, *an.stomach[:2])[len(_slices(an, *an.stomach[:2])) // 2]
+    lab, n = ndimage.label(hu[k] < -950)
+    inner = [i for i in range(1, n + 1) if not np.isin(i, np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))]
+    big = lab == max(inner, key=lambda i: int((lab == i).sum()))
+    assert np.nonzero(big)[1].mean() > 127.5, "on the patient's left"
+    rows = np.flatnonzero(big.any(axis=1))
+    widths = big.sum(axis=1)[rows]
+    assert widths[-1] > 0.5 * widths.max(), "cut flat at the bottom"
+
+
+@pytest.mark.parametrize("seed, touching", [(0, True), (1, False)])
+def test_anterior_junction_where_the_lungs_touch(real_like, seed, touching):
+    ph, an = real_like[seed]
+    touch = [k for k in range(ph.lung.shape[0])
+             if ((ph.lung[k] == 1) & ndimage.binary_dilation(ph.lung[k] == 2)).any()]
+    assert (an.junction[1] > an.junction[0]) == touching
+    if not touching:
+        assert touch == []
+        return
+    assert 2 <= len(touch) <= 8 and set(touch) <= set(_slices(an, *an.junction[:2]))
+    for k in touch:
+        contact = (ph.lung[k] == 1) & ndimage.binary_dilation(ph.lung[k] == 2)
+        ys, xs = np.nonzero(contact)
+        assert len(ys) >= 3, "a junction line, not a point"
+        assert abs(xs.mean() - _px(an.junction[2])) < 3, "at the midline"
+        assert ys.mean() < np.nonzero(ph.lung[k])[0].mean(), "in front"
+        # no tissue between them there: lung HU on both sides of the line
+        hu = _hu(ph.raw[k])
+        assert np.median(hu[ndimage.binary_dilation(contact) & (ph.lung[k] > 0)]) < -750
+
+
+def test_render_backends_agree_on_pad_junction_and_gas():
+    kw = dict(n_slices=20, covid=True, seed=0, shape=(96, 96), kernel="B30s", body_width_mm=300.0)
+    an = make_anatomy(0, covid=True, body_width_mm=300.0, fov_mm=512 * 0.7)
+    step = an.length / 20
+    zs = (np.arange(20) + 0.5) * step
+    assert ((zs > an.junction[0]) & (zs < an.junction[1])).any() and ((zs > an.stomach[0]) & (zs < an.stomach[1])).any()
+    a, b = render_series(**kw), render_series(**kw, backend="reference")
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)

@@ -225,7 +225,7 @@ def _grow(img, h, w, ls, le, lptr, lung, ry, rx, hole_px, t_soft, fs, fe, fptr, 
     close_runs(fs, fe, fptr, h, w, ry, rx, cs, ce, cptr)
     fill_holes_runs(fs, fe, fptr, h, img, np.int64(h) * w + 1, t_soft, gs, ge, gptr)  # all holes
     diff_runs(cs, ce, cptr, gs, ge, gptr, h, lung, ts, te, tptr)
-    drop_tissue_runs(ts, te, tptr, h, img, t_soft, cs, ce, cptr)
+    drop_tissue_runs(ts, te, tptr, h, img, hole_px, t_soft, cs, ce, cptr)
     union_runs(fs, fe, fptr, cs, ce, cptr, h, ts, te, tptr)
     fill_holes_runs(ts, te, tptr, h, img, hole_px, t_soft, gs, ge, gptr)
 

@@ -94,7 +94,7 @@ def lung_mask_cuda(stack: Any, p: LungParams, out: Any, stream: Any = 0) -> Any:
     run(K.additions, n, fb, pad_b, lim1, lim2, h, w, p.ry, p.rx, lab_c, lab_d, *t)
     run(K.merge2, n, lab_c, lab_d, h, w)
     run(K.flatten2, n, lab_c, lab_d, stack, p.t_soft, *t)
-    run(K.grow, n, fb, lab_c, lab_d, t[0], t[1], t[3], t[4], lab_a, lab_b, *s)
+    run(K.grow, n, fb, lab_c, lab_d, t[0], t[1], t[3], t[4], p.hole_px, lab_a, lab_b, *s)
     run(K.merge2, n, lab_a, lab_b, h, w)
     run(K.flatten2, n, lab_a, lab_b, stack, p.t_soft, *s)
     run(K.final, n, fb, carve, lab_a, lab_b, *s, p.hole_px, h, w, out)

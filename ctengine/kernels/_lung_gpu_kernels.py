@@ -414,18 +414,18 @@ def additions(fb, closed, lim1, lim2, h, w, ry, rx, ad1, ad2, s0, s1, s2, s3, s4
 
 
 @cuda.jit(cache=True)
-def grow(fb, ad1, ad2, area1, soft1, area2, soft2, bg1, bg2, s0, s1, s2, s3, s4, s5):
+def grow(fb, ad1, ad2, area1, soft1, area2, soft2, hole_px, bg1, bg2, s0, s1, s2, s3, s4, s5):
     """fb bits 16, 32: G0_k = F_k or a non-tissue addition; background labels of G0; zero statistics."""
     n = fb.shape[0]
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
         b = fb[i]
         g1 = (b & 1) != 0
         r = ad1[i]
-        if r >= 0 and 2 * soft1[r] <= area1[r]:
+        if r >= 0 and not _tissue(area1, soft1, r, hole_px):
             g1 = True
         g2 = (b & 2) != 0
         r = ad2[i]
-        if r >= 0 and 2 * soft2[r] <= area2[r]:
+        if r >= 0 and not _tissue(area2, soft2, r, hole_px):
             g2 = True
         if g1:
             b |= 16

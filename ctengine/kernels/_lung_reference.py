@@ -42,10 +42,9 @@ and background alike.
      rectangle in the unbounded plane (zero outside the image) that are
      outside ``fill_holes(F_k)`` and not medial of ``F_k`` on their row
      (lung 1: column <= the row's last ``F_k`` column, lung 2: column >= the
-     row's first; every column of a row without ``F_k`` pixels); then the
-     components of ``A_k`` with more than half of their pixels ``>= t_soft``
-     (any size) are removed. This brings pleural lesions back without
-     heart, hilum, spine or liver;
+     row's first; every column of a row without ``F_k`` pixels); then its
+     tissue regions are removed. This brings pleural lesions and nodules
+     back without heart, hilum, spine or liver;
    - ``G_k`` = ``F_k | A_k`` plus its non-tissue holes;
    - ``M_k = G_k & ~(airblob & ~F_k)`` (air pockets that were not enclosed by
      the lung, such as a main bronchus at the hilum, stay out).
@@ -167,7 +166,7 @@ def lung_mask_slice(img: np.ndarray, p: LungParams) -> np.ndarray:
         filled = fill_holes_rule(lung, img, p.hole_px, p.t_soft)
         added = (closing_plane(filled, p.ry, p.rx) & lateral_side(filled, k)
                  & ~ndimage.binary_fill_holes(filled, structure=_CROSS))
-        grown = filled | drop_tissue(added, img, 1, p.t_soft)
+        grown = filled | drop_tissue(added, img, p.hole_px, p.t_soft)
         grown = fill_holes_rule(grown, img, p.hole_px, p.t_soft)
         final.append(grown & ~(airblob & ~filled))
     out[final[0] & ~final[1]] = 1

@@ -4,8 +4,9 @@ A binary mask of one slice (h, w) is a set of runs: run i covers columns
 ``s[i] <= x < e[i]`` of its row, rows are stored in order with row pointers
 ``ptr`` (the runs of row y are ``ptr[y]:ptr[y + 1]``), runs of a row are
 sorted, disjoint and not adjacent (maximal). Every connectivity is
-4-connectivity: two runs in neighbouring rows touch when their column
-ranges overlap.
+4-connectivity in a slice: two runs in neighbouring rows touch when their
+column ranges overlap; a series (z, h, w) numbers its rows ``z * h + y``
+and adds the same row of the slice above (6-connectivity).
 """
 from __future__ import annotations
 
@@ -22,42 +23,57 @@ def find(parent, i):
     return i
 
 
+@njit(cache=True, inline="always")
+def _union_rows(parent, s, e, a0, a1, b0, b1):
+    """Union every pair of overlapping runs of two rows (runs a0..a1 and b0..b1)."""
+    i = a0
+    j = b0
+    while i < a1 and j < b1:
+        if s[i] < e[j] and s[j] < e[i]:
+            a = find(parent, i)
+            b = find(parent, j)
+            if a < b:
+                parent[b] = a
+            elif b < a:
+                parent[a] = b
+        if e[i] < e[j]:
+            i += 1
+        elif e[j] < e[i]:
+            j += 1
+        else:
+            i += 1
+            j += 1
+
+
 @njit(cache=True)
-def label_runs(s, e, ptr, h, comp):
-    """4-connected components of runs: comp[i] in 0..n-1 numbered by first run; return n."""
-    n = ptr[h]
-    parent = np.empty(n, np.int32)
+def label_runs_3d(s, e, ptr, z, h, comp):
+    """6-connected components of runs: comp[i] in 0..n-1 numbered by first run; return n."""
+    n = ptr[z * h]
+    parent = np.empty(n, np.int64)
     for i in range(n):
         parent[i] = i
-    for y in range(1, h):
-        i = ptr[y - 1]
-        iend = ptr[y]
-        j = iend
-        jend = ptr[y + 1]
-        while i < iend and j < jend:
-            if s[i] < e[j] and s[j] < e[i]:
-                a = find(parent, i)
-                b = find(parent, j)
-                if a < b:
-                    parent[b] = a
-                elif b < a:
-                    parent[a] = b
-            if e[i] < e[j]:
-                i += 1
-            elif e[j] < e[i]:
-                j += 1
-            else:
-                i += 1
-                j += 1
+    for k in range(z):
+        for y in range(h):
+            r = k * h + y
+            if y > 0:
+                _union_rows(parent, s, e, ptr[r - 1], ptr[r], ptr[r], ptr[r + 1])
+            if k > 0:
+                _union_rows(parent, s, e, ptr[r - h], ptr[r - h + 1], ptr[r], ptr[r + 1])
     nc = 0
     for i in range(n):
-        r = find(parent, i)
-        if r == i:
+        root = find(parent, i)
+        if root == i:
             comp[i] = nc
             nc += 1
         else:
-            comp[i] = comp[r]
+            comp[i] = comp[root]
     return nc
+
+
+@njit(cache=True)
+def label_runs(s, e, ptr, h, comp):
+    """4-connected components of one slice's runs: comp[i] in 0..n-1 numbered by first run; return n."""
+    return label_runs_3d(s, e, ptr, 1, h, comp)
 
 
 @njit(cache=True)
@@ -265,8 +281,8 @@ def diff_runs(c_s, c_e, c_ptr, f_s, f_e, f_ptr, h, lung, os_, oe, optr):
 
 
 @njit(cache=True)
-def drop_tissue_runs(s, e, ptr, h, img, t_soft, os_, oe, optr):
-    """Runs of the mask minus its components with more than half of their pixels raw >= t_soft."""
+def drop_tissue_runs(s, e, ptr, h, img, hole_px, t_soft, os_, oe, optr):
+    """Runs of the mask minus its components of at least hole_px pixels with more than half raw >= t_soft."""
     n = ptr[h]
     comp = np.empty(n, np.int32)
     nc = label_runs(s, e, ptr, h, comp)
@@ -280,7 +296,7 @@ def drop_tissue_runs(s, e, ptr, h, img, t_soft, os_, oe, optr):
     for y in range(h):
         optr[y] = m
         for i in range(ptr[y], ptr[y + 1]):
-            if 2 * soft[comp[i]] <= area[comp[i]]:
+            if area[comp[i]] < hole_px or 2 * soft[comp[i]] <= area[comp[i]]:
                 os_[m] = s[i]
                 oe[m] = e[i]
                 m += 1

@@ -1,9 +1,23 @@
-"""Right and left lung masks of raw CT slices by a classical HU method.
+"""Right and left lung masks of a raw CT series by a classical HU method.
 
-Raw uint16 slices (y, x) or stacks (z, y, x) go in (numpy, cupy or dask), a
+Raw uint16 stacks (z, y, x) or slices (y, x) go in (numpy, cupy or dask), a
 uint8 mask of the same shape and kind comes out: 0 background, 1 right lung
-(the patient's right = image left, smaller column index), 2 left lung. Each
-slice is segmented on its own:
+(the patient's right = image left, smaller column index), 2 left lung.
+
+A stack is one series, superior slice first, and is segmented as a whole:
+
+- air connected in 3-D to the outside of the body or the field of view is
+  never lung: the air around the patient, the table padding and its air
+  pockets, the air between the pad and the back (lungs joined to the
+  outside through an open airway are recognised by their size and kept);
+- the airways are found from the top of the trachea (a lumen near the body
+  midline, in the neck slices too) and followed down slice by slice; they
+  and their wall leave the candidates;
+- each slice then gets the per-slice method below;
+- 3-D components of the mask under ``min_volume_fraction`` of the largest
+  (stomach and bowel gas under the diaphragm, islands) are dropped.
+
+The per-slice method (alone for a single slice or ``per_slice=True``):
 
 - air-like components (HU < ``low_hu``) whose median is pure air (HU <
   ``air_hu``) are not lung: the outside of the field of view and the air
@@ -11,16 +25,17 @@ slice is segmented on its own:
 - pure-air blobs are carved out of the remaining candidates (a main
   bronchus touching a lung), small components dropped;
 - right and left are told apart by a cut column near the body midline
-  (lungs touching at the anterior junction are split there);
-- each lung's holes are filled (vessels, lesions) except large soft-tissue
-  holes (a liver or spleen dome), and a closing (``closing_mm``) on the lung's
-  lateral side brings pleural ground glass and consolidation back, without
-  soft-tissue regions.
+  (lungs touching at the anterior or posterior junction are split there);
+- each lung's holes are filled (vessels, nodules, lesions) except large
+  soft-tissue holes (a liver or spleen dome), and a closing (``closing_mm``)
+  on the lung's lateral side brings pleural ground glass and consolidation
+  back, without soft-tissue regions.
 
-The exact specification is in ``_lung_reference``; the Numba CPU kernel
-(``_lung_cpu``, run-length based, slices in parallel) and the numba.cuda
-kernels (``_lung_gpu``) give identical masks. Size options are in mm or mm2
-and converted with the pixel spacing.
+The exact specification is in ``_lung_volume_reference`` (whole series) and
+``_lung_reference`` (per slice); the Numba CPU kernels and, on CuPy arrays,
+the numba.cuda per-slice kernels with the whole-series stages on CuPy give
+identical masks. Size options are in mm or mm2 and converted with the pixel
+spacing.
 """
 from __future__ import annotations
 
@@ -28,33 +43,43 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..constants import (DEFAULT_INTERCEPT, DEFAULT_SLOPE, LUNG_AIR_HU, LUNG_AIRWAY_MIN_AREA_MM2,
-                         LUNG_CLOSING_MM, LUNG_LOW_HU, LUNG_MIN_AREA_MM2, LUNG_SPLIT_WINDOW_MM,
-                         LUNG_TISSUE_HOLE_MM2, LUNG_TISSUE_HU, RAW_DTYPE)
+from ..constants import (DEFAULT_INTERCEPT, DEFAULT_SLOPE, LUNG_AIR_HU, LUNG_AIRWAY_MAX_AREA_MM2,
+                         LUNG_AIRWAY_MIN_AREA_MM2, LUNG_AIRWAY_WALL_MM, LUNG_CLOSING_MM, LUNG_LOW_HU,
+                         LUNG_MIN_AREA_MM2, LUNG_MIN_VOLUME_FRACTION, LUNG_SPLIT_WINDOW_MM,
+                         LUNG_TISSUE_HOLE_MM2, LUNG_TISSUE_HU, LUNG_TRACHEA_MIDLINE_MM, RAW_DTYPE)
 from ._backend import array_kind, as_stack, chunk_kind, map_slices_dask
-from ._lung_params import LungParams, resolve
+from ._lung_params import LungParams, VolumeParams, resolve, resolve_volume
 
 __all__ = ["lung_mask"]
 
 
 def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
-              slope: float = DEFAULT_SLOPE, intercept: float = DEFAULT_INTERCEPT,
+              per_slice: bool = False, slope: float = DEFAULT_SLOPE, intercept: float = DEFAULT_INTERCEPT,
               low_hu: float = LUNG_LOW_HU, air_hu: float = LUNG_AIR_HU,
               min_area_mm2: float = LUNG_MIN_AREA_MM2,
               airway_min_area_mm2: float = LUNG_AIRWAY_MIN_AREA_MM2,
               closing_mm: float = LUNG_CLOSING_MM, split_window_mm: float = LUNG_SPLIT_WINDOW_MM,
               tissue_hu: float = LUNG_TISSUE_HU, tissue_hole_mm2: float = LUNG_TISSUE_HOLE_MM2,
+              airway_max_area_mm2: float = LUNG_AIRWAY_MAX_AREA_MM2,
+              airway_wall_mm: float = LUNG_AIRWAY_WALL_MM,
+              trachea_midline_mm: float = LUNG_TRACHEA_MIDLINE_MM,
+              min_volume_fraction: float = LUNG_MIN_VOLUME_FRACTION,
               method: Literal["auto", "reference"] = "auto") -> Any:
-    """Lung mask (0 background, 1 right lung, 2 left lung) of raw CT slices.
+    """Lung mask (0 background, 1 right lung, 2 left lung) of a raw CT series or slice.
 
     Parameters
     ----------
     x : numpy, cupy or dask array of uint16, (y, x) or (z, y, x)
-        Raw stored values, HU = raw * slope + intercept.
+        Raw stored values, HU = raw * slope + intercept. A stack is one
+        contiguous series, superior slice first (the store's order).
     spacing : float or (float, float), optional
         Pixel spacing (sy, sx), or one value for both, in mm. Default: 0.7 mm
         for a 512-pixel slice, scaled by 512 / max(y, x) for other sizes (a
         128 x 128 slice is taken as 2.8 mm per pixel).
+    per_slice : bool
+        Segment every slice on its own (for stacks that are not one
+        contiguous series, such as selected slices of several series).
+        Default False: a stack of two or more slices is one series.
     slope, intercept : float
         Rescale of raw to HU (default 1, -1024); slope must be > 0.
     low_hu : float
@@ -73,9 +98,22 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
         Half width in mm of the band around the body midline in which right
         and left are cut apart (default 40).
     tissue_hu, tissue_hole_mm2 : float
-        A hole of at least ``tissue_hole_mm2`` mm2, or any region the closing
-        would add, whose median is >= ``tissue_hu`` HU (default 20) is soft
-        tissue and stays out of the mask (default 400 mm2).
+        A hole or a region the closing would add, of at least
+        ``tissue_hole_mm2`` mm2 (default 400, a 22.6 mm disc), whose median
+        is >= ``tissue_hu`` HU (default 20) is soft tissue and stays out of
+        the mask; smaller ones (vessels, nodules) are lung. 800 keeps nodules
+        up to about 3 cm, and lets more of the heart's and liver's edges in.
+    airway_max_area_mm2 : float
+        Largest airway cross-section (mm2) followed from the trachea
+        (default 700); ``airway_min_area_mm2`` is the smallest trachea seed.
+    airway_wall_mm : float
+        Thickness (mm) of the airway wall dropped with the lumen (default 3).
+    trachea_midline_mm : float
+        Largest distance (mm) of the trachea's centroid from the body
+        midline (default 25).
+    min_volume_fraction : float
+        3-D components of the mask smaller than this fraction of the largest
+        one are dropped (default 0.05).
     method : {"auto", "reference"}
         "auto": Numba CPU kernel for numpy blocks, numba.cuda for cupy
         blocks; "reference": the scipy specification (numpy blocks only).
@@ -94,6 +132,11 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
 
     Notes
     -----
+    A dask stack is segmented as one series: it is rechunked to a single
+    chunk along z (the whole series must fit in a worker's memory) and the
+    mask is given back in the input's z-chunks; with ``per_slice=True``
+    every z-chunk is a task of its own. A lung cross-section under
+    ``min_area_mm2`` (the last slice or two of a lung base) is not kept.
     Known limits of the per-slice method: a lung whose median is below
     ``air_hu`` (severe emphysema) is dropped like air; consolidation that
     fills a lung's corner against the chest wall, with no aerated lung
@@ -121,6 +164,12 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
     if method not in ("auto", "reference"):
         raise ValueError(f"method must be 'auto' or 'reference', got {method!r}")
     stack, was_2d = as_stack(x)
+    series = not per_slice and stack.shape[0] > 1
+    volume = resolve_volume(tuple(stack.shape[1:]), spacing=spacing,
+                            airway_min_area_mm2=airway_min_area_mm2,
+                            airway_max_area_mm2=airway_max_area_mm2, airway_wall_mm=airway_wall_mm,
+                            trachea_midline_mm=trachea_midline_mm,
+                            min_volume_fraction=min_volume_fraction)
     params = resolve(tuple(stack.shape[1:]), spacing=spacing, slope=slope, intercept=intercept,
                      low_hu=low_hu, air_hu=air_hu, min_area_mm2=min_area_mm2,
                      airway_min_area_mm2=airway_min_area_mm2, closing_mm=closing_mm,
@@ -129,21 +178,37 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
     if kind == "dask":
         if method == "reference" and chunk_kind(x) != "numpy":
             raise TypeError("method='reference' needs numpy blocks, got cupy blocks")
-        out = map_slices_dask(_run_block, stack, params=params, method=method, dtype=np.uint8)
+        zchunks = stack.chunks[0]
+        out = map_slices_dask(_run_block, stack.rechunk({0: -1}) if series else stack, params=params,
+                              volume=volume, series=series, method=method, dtype=np.uint8)
+        out = out.rechunk({0: zchunks}) if series else out
     else:
-        out = _run_block(stack, params=params, method=method)
+        out = _run_block(stack, params=params, volume=volume, series=series, method=method)
     return out[0] if was_2d else out
 
 
-def _run_block(stack: Any, *, params: LungParams, method: str) -> Any:
-    """Lung masks of one (z, y, x) numpy or cupy block."""
+def _run_block(stack: Any, *, params: LungParams, volume: VolumeParams, series: bool,
+               method: str) -> Any:
+    """Lung masks of one (z, y, x) numpy or cupy block (one series when ``series``)."""
     if array_kind(stack) == "cupy":
         if method == "reference":
             raise TypeError("method='reference' needs a numpy array, got a cupy array")
-        return _run_cupy(stack, params)
-    if method == "reference":
-        from ._lung_reference import lung_mask_reference
-        return lung_mask_reference(stack, params)
+        from . import _lung_volume_reference as whole
+        per_slice = _run_cupy
+    elif method == "reference":
+        from . import _lung_volume_reference as whole
+        from ._lung_reference import lung_mask_reference as per_slice
+    else:
+        from . import _lung_volume_cpu as whole
+        per_slice = _run_numba
+    if not series or stack.shape[0] < 2:
+        return per_slice(stack, params)
+    cleaned = whole.declare_air(stack, params.t_low, params.t_air, volume)
+    return whole.keep_lungs(per_slice(cleaned, params), volume)
+
+
+def _run_numba(stack: np.ndarray, params: LungParams) -> np.ndarray:
+    """Numba CPU per-slice masks of a numpy stack, slices in parallel."""
     from ._lung_cpu import lung_mask_stack
     out = np.empty(stack.shape, dtype=np.uint8)
     if out.size:

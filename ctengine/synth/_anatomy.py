@@ -8,7 +8,7 @@ anatomy seed, so the three series of a patient show the same body.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class Anatomy:
     B: float                 # body half height (mm)
     fat: float               # subcutaneous fat (mm)
     muscle: float            # chest wall muscle (mm)
-    y_table: float           # top of the table pad (mm)
+    y_table: float           # lowest point of the back, where it presses into the table pad (mm)
     t_apex: float            # lungs open below this
     t_rise: float            # lung apex to full size
     t_carina: float
@@ -79,6 +79,19 @@ class Anatomy:
     gas: np.ndarray          # (n, 6): x, y, z0, z1, a, b (mm)
     cables: np.ndarray       # (n, 3): angle (rad), z0, z1 (mm)
     tex_base: tuple[int, int]
+    # table pad and table (mm): pad thickness, curvature radius of the pad top and table (concentric),
+    # how deep the patient sinks into the pad at the midline, pad and table half widths, foam HU
+    pad_thick: float = 45.0
+    table_radius: float = 550.0
+    pad_sink: float = 8.0
+    pad_half_width: float = 160.0
+    table_half_width: float = 175.0
+    pad_hu: float = -850.0
+    pad_pockets: np.ndarray = field(default_factory=lambda: np.zeros((0, 6)))  # x, depth, z0, z1, a, b
+    back_gap: np.ndarray = field(default_factory=lambda: np.zeros(5))  # x, half width, half height, z0, z1
+    stomach: np.ndarray = field(default_factory=lambda: np.zeros(5))   # z0, z1, a, b (mm), x offset (-1..1)
+    dome_gas: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))  # u, v, z0, z1, k (left dome, lateral)
+    junction: np.ndarray = field(default_factory=lambda: np.zeros(4))  # z0, z1 (z1 <= z0: none), x, half height
 
     # --- sizes along z -------------------------------------------------
     def body(self, t: float) -> tuple[float, float, float]:
@@ -151,6 +164,7 @@ def make_anatomy(seed: int, *, covid: bool, body_width_mm: float, scan_length_mm
     z0 = rng.uniform(0.0, 0.5, ncab) * length
     an.cables = np.stack([rng.uniform(1.7, 2.9, ncab) * rng.choice([-1.0, 1.0], ncab),
                           z0, z0 + rng.uniform(0.3, 0.8, ncab) * length], axis=1)
+    _table_and_gas(np.random.default_rng([seed, 11]), an)
     if covid:
         burden = lesion_burden if lesion_burden is not None else float(rng.uniform(0.12, 0.45))
         an.lesions = _lesions(rng, an, burden)
@@ -210,6 +224,42 @@ def _vessel_tree(rng: np.random.Generator, an: Anatomy) -> np.ndarray:
         arr[:, [0, 1, 3, 4]] /= np.array([ax, ay, ax, ay])
         out.append(np.column_stack([np.full(len(arr), side), arr]))
     return np.concatenate(out)
+
+
+def _table_and_gas(rng: np.random.Generator, an: Anatomy) -> None:
+    """Table pad, air under the back, stomach bubble, dome bowel gas and the anterior junction.
+
+    Drawn from their own generator, so the rest of the anatomy of a seed is unchanged.
+    """
+    L = an.length
+    an.pad_thick = float(rng.uniform(30.0, 60.0))
+    an.table_radius = float(rng.uniform(450.0, 650.0))
+    an.pad_sink = float(rng.uniform(7.0, 12.0))
+    an.pad_half_width = float(rng.uniform(0.95, 1.1) * an.A)
+    an.table_half_width = float(rng.uniform(1.15, 1.3) * an.A)
+    an.pad_hu = float(rng.uniform(-880.0, -820.0))
+    n = int(rng.integers(3, 9))
+    T = an.pad_thick
+    z0 = rng.uniform(-0.2, 0.9, n) * L
+    # below the part of the pad the patient presses in (and the air gap under the back), 3 mm of foam around
+    depth = an.pad_sink + rng.uniform(0.45, 0.7, n) * (T - an.pad_sink)
+    an.pad_pockets = np.stack([rng.uniform(-0.8, 0.8, n) * an.A, depth, z0, z0 + rng.uniform(20.0, 120.0, n),
+                               rng.uniform(4.0, 12.0, n),
+                               np.minimum(rng.uniform(2.0, 0.2 * T, n),
+                                          np.minimum(depth - an.pad_sink - 10.0, T - depth - 3.0))], axis=1)
+    g0 = rng.uniform(0.0, 0.2) * L
+    an.back_gap = np.array([rng.uniform(-25.0, 25.0), rng.uniform(20.0, 45.0), rng.uniform(3.0, 7.0),
+                            g0, g0 + rng.uniform(0.3, 0.6) * L])
+    s0 = (an.t_dome[1] + rng.uniform(0.03, 0.05)) * L
+    an.stomach = np.array([s0, s0 + rng.uniform(35.0, 70.0), rng.uniform(25.0, 45.0), rng.uniform(18.0, 32.0),
+                           rng.uniform(-1.0, 1.0)])
+    m = int(rng.integers(1, 4))
+    d0 = (an.t_dome[1] + rng.uniform(0.04, 0.09, m)) * L
+    an.dome_gas = np.stack([rng.uniform(0.15, 0.35, m), rng.uniform(0.0, 0.3, m), d0, d0 + rng.uniform(10.0, 30.0, m),
+                            rng.uniform(0.12, 0.22, m)], axis=1)
+    if rng.random() < 0.5:   # lungs meeting behind the sternum over a few slices
+        j0 = (an.t_arch + rng.uniform(0.0, 0.03)) * L
+        an.junction = np.array([j0, j0 + rng.uniform(15.0, 35.0), rng.uniform(-4.0, 4.0), rng.uniform(9.0, 14.0)])
 
 
 def _gas(rng: np.random.Generator, an: Anatomy) -> np.ndarray:

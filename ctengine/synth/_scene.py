@@ -15,7 +15,7 @@ from ._anatomy import Anatomy, smoothstep
 from ._reference import BAND, CAPSULE, ELLIPSE, KEEP, MAX, NCOL, SET
 
 # tissue labels used while painting
-AIR, BODY, CAVITY, LUNG_R, LUNG_L, MEDIAST, AIRWAY, GAS, BONE, ORGAN, TABLE = range(11)
+AIR, BODY, CAVITY, LUNG_R, LUNG_L, MEDIAST, AIRWAY, GAS, BONE, ORGAN, TABLE, PAD, FLUID = range(13)
 LUNGS = (1 << LUNG_R) | (1 << LUNG_L)
 INNER = (1 << CAVITY) | LUNGS | (1 << MEDIAST)
 
@@ -72,11 +72,13 @@ class Builder:
                           grady * g.mmpp, amax, g.edge, oy, ox,
                           g.cx + hx / g.mmpp, g.cy + hy / g.mmpp, ha / g.mmpp, hb / g.mmpp])
 
-    def capsule(self, x0, y0, x1, y1, r, value, *, op=SET, clip=0, label=KEEP, amax=1.0) -> None:
+    def capsule(self, x0, y0, x1, y1, r, value, *, op=SET, clip=0, label=KEEP, amax=1.0, vtex=0.0, grady=0.0,
+                oy=0.0, ox=0.0) -> None:
         g = self.g
+        oy, ox = self._off(oy, ox) if vtex != 0.0 else (0, 0)
         self.rows.append([CAPSULE, g.cx + x0 / g.mmpp, g.cy + y0 / g.mmpp, g.cx + x1 / g.mmpp, g.cy + y1 / g.mmpp,
-                          max(r / g.mmpp, 0.3), 0.0, value, op, clip, label, 0, 0.0, 0.0, 0.0, amax, g.edge, 0, 0,
-                          0.0, 0.0, 0.0, 0.0])
+                          max(r / g.mmpp, 0.3), 0.0, value, op, clip, label, 0, 0.0, vtex, grady * g.mmpp, amax,
+                          g.edge, oy, ox, 0.0, 0.0, 0.0, 0.0])
 
     def capsules(self, seg: np.ndarray, r: np.ndarray, value: float, *, op=SET, clip=0, label=KEEP,
                  amax: np.ndarray | float = 1.0) -> None:
@@ -99,24 +101,53 @@ class Builder:
         self._flush()
         self.blocks.append(rows)
 
-    def band(self, cy, r0, r1, hw, value, *, label=KEEP) -> None:
+    def band(self, cy, r0, r1, hw, value, *, label=KEEP, vtex=0.0) -> None:
         g = self.g
         self.rows.append([BAND, g.cx, g.cy + cy / g.mmpp, r0 / g.mmpp, r1 / g.mmpp, hw / g.mmpp, 0.0, value,
-                          SET, 0, label, 0, 0.0, 0.0, 0.0, 1.0, g.edge, 0, 0, 0.0, 0.0, 0.0, 0.0])
+                          SET, 0, label, 0, 0.0, vtex, 0.0, 1.0, g.edge, 0, 0, 0.0, 0.0, 0.0, 0.0])
 
     def table(self) -> np.ndarray:
         self._flush()
         return np.concatenate(self.blocks) if self.blocks else np.zeros((0, NCOL))
 
 
+def pad_centre(an: Anatomy) -> float:
+    """y (mm) of the centre of the circles of the pad top and the table (concentric, below the patient)."""
+    return an.y_table - 0.5 - an.pad_sink - an.table_radius
+
+
+def pad_top(an: Anatomy, x: float) -> float:
+    """y (mm) of the top of the (uncompressed) pad at x: above the body's lowest point by ``pad_sink``
+    at the midline, rising to the sides; the body is painted over the part it presses in."""
+    return pad_centre(an) + math.sqrt(max(an.table_radius ** 2 - x * x, 0.0))
+
+
 def background_prims(an: Anatomy, g: Geometry) -> np.ndarray:
-    """The patient table: curved carbon shells with air/foam between them (static along z)."""
+    """The patient table, static along z: a thick foam pad (``pad_hu`` with texture) on a wide curved
+    table of two carbon shells with a light core between them."""
     bd = Builder(g, (0, 0))
-    rt = 420.0
-    c = an.y_table - rt
-    for r0, r1, v in ((0.0, 6.0, -620.0), (10.0, 12.5, 300.0), (12.5, 30.0, -990.0), (30.0, 33.0, 380.0)):
-        bd.band(c, rt + r0, rt + r1, 0.62 * an.A, v, label=TABLE)
+    rt, T = an.table_radius, an.pad_thick
+    c = pad_centre(an)
+    bd.band(c, rt, rt + T, an.pad_half_width, an.pad_hu, label=PAD, vtex=40.0)
+    for r0, r1, v in ((0.0, 2.5, 320.0), (2.5, 16.0, -960.0), (16.0, 19.0, 380.0)):
+        bd.band(c, rt + T + r0, rt + T + r1, an.table_half_width, v, label=TABLE)
     return bd.table()
+
+
+def _pad(bd: Builder, an: Anatomy, zc: float, a: float, b: float) -> None:
+    """Air pockets in the foam and the air gap between pad and back (under the body: painted first)."""
+    for x, depth, p0, p1, pa, pb in an.pad_pockets:
+        if p0 <= zc <= p1 and pb > 1.0:
+            f = math.sin(math.pi * (zc - p0) / (p1 - p0)) ** 0.5
+            bd.ellipse(x, pad_top(an, x) + depth, pa * f, pb * f, HU_AIR, clip=1 << PAD, label=AIR)
+    xg, gw, gh, g0, g1 = an.back_gap
+    if g0 <= zc <= g1:
+        # the pad touches the back where it is pressed in: |x| < xc (body bottom ~ parabola of radius a^2 / b)
+        k = b / (a * a) - 1.0 / an.table_radius
+        xc = math.sqrt(2.0 * an.pad_sink / k) if k > 0.0 else a
+        w = min(gw, 0.7 * (xc - abs(xg)))
+        if w > 5.0:
+            bd.ellipse(xg, an.y_table - 0.5, w, gh, HU_AIR, clip=1 << PAD, label=AIR)
 
 
 def slice_prims(an: Anatomy, g: Geometry, z0: float, z1: float) -> np.ndarray:
@@ -129,9 +160,10 @@ def slice_prims(an: Anatomy, g: Geometry, z0: float, z1: float) -> np.ndarray:
     yc, ac, bc = an.cavity(t)
     yv, rv = an.spine_y(t)
     abdomen = smoothstep(an.t_dome[0], an.t_bottom, t)
+    _pad(bd, an, zc, a, b)
     # body wall: skin, fat, muscle, each leaving out (hole) what the next layer paints over fully
     m2 = 2.5 * g.mmpp
-    wall = (1 << AIR) | (1 << BODY)
+    wall = (1 << AIR) | (1 << BODY) | (1 << PAD)   # the body presses into the pad: paint over it
     fat_e = (0.0, yb, a - 2.0, b - 2.0)
     mus_e = (0.0, yb + 0.1 * an.fat, a - an.fat, b - 0.8 * an.fat)
     cav_e = (0.0, yc, ac, bc)
@@ -154,7 +186,7 @@ def slice_prims(an: Anatomy, g: Geometry, z0: float, z1: float) -> np.ndarray:
             lungs.append((cx, cy, ax, ay))
             bd.ellipse(cx, cy, ax, ay, HU_LUNG, clip=1 << CAVITY, label=lab, vtex=22.0, grady=45.0 / ay,
                        stex=0.03, oy=37 * side, ox=91 * side)
-    _mediastinum(bd, an, t, yc, ac, bc, yv, rv)
+    _mediastinum(bd, an, t, yc, ac, bc, yv, rv, zc, lungs)
     _spine(bd, an, zc, t, yv, rv)
     _abdomen(bd, an, t, zc, yc, ac, bc)
     if lungs:
@@ -206,7 +238,8 @@ def _ribs(bd: Builder, an: Anatomy, z0: float, z1: float, yc: float, ac: float, 
     bd.capsules(cart_a, np.full(len(cart_a), 3.6), HU_CARTILAGE, label=BODY)
 
 
-def _mediastinum(bd: Builder, an: Anatomy, t: float, yc: float, ac: float, bc: float, yv: float, rv: float) -> None:
+def _mediastinum(bd: Builder, an: Anatomy, t: float, yc: float, ac: float, bc: float, yv: float, rv: float,
+                 zc: float, lungs) -> None:
     if t > an.t_bottom + 0.02:
         return
     h0, h1 = an.t_heart
@@ -215,6 +248,8 @@ def _mediastinum(bd: Builder, an: Anatomy, t: float, yc: float, ac: float, bc: f
     if t < h0 + 0.04:
         w = 0.2 * ac * (0.8 + 0.2 * smoothstep(an.t_apex, an.t_carina, t))
         bd.ellipse(0.0, yc - 0.12 * bc, w, 0.92 * bc, HU_FAT, clip=INNER, label=MEDIAST, vtex=25.0)
+        if lungs:
+            _junction(bd, an, zc, yc, bc, lungs)
     # posterior mediastinum around the aorta and oesophagus
     bd.ellipse(6.0, yv - rv - 6.0, 27.0, 19.0, HU_FAT, clip=INNER, label=MEDIAST, vtex=25.0)
     if h0 - 0.02 < t < h1:
@@ -257,6 +292,34 @@ def _mediastinum(bd: Builder, an: Anatomy, t: float, yc: float, ac: float, bc: f
             bd.ellipse(x, y_tr + 8.0 * f, r, r - 0.5, HU_AIR, label=AIRWAY)
 
 
+def _junction(bd: Builder, an: Anatomy, zc: float, yc: float, bc: float, lungs) -> None:
+    """Anterior junction: in front of the mediastinal fat the lungs reach the midline and meet behind
+    the sternum, with no tissue between them, along the line x = xj from the front of the cavity back
+    over ``depth``; behind it they part around the fat (the junction's triangle). Each lung is continued
+    medially by a vertical capsule wide enough to reach it: the right one ends at xj, the left one,
+    painted next, reaches 4 mm past it and fills in beside it. Painted before the mediastinal vessels."""
+    j0, j1, xj, jh = an.junction
+    if not j0 < zc < j1:
+        return
+    depth = 2.0 * jh * math.sin(math.pi * (zc - j0) / (j1 - j0)) ** 0.5
+    front = yc - bc
+    yf = front + 0.03 * bc
+    edges = []
+    for side in (0, 1):
+        cx, cy, ax, ay = lungs[side]
+        if depth < 4.0 or abs(yf - cy) > 0.99 * ay:
+            return
+        edges.append(cx + (1.0 if side == 0 else -1.0) * ax * math.sqrt(1.0 - ((yf - cy) / ay) ** 2))
+    if not edges[0] + 4.0 < xj < edges[1] - 4.0:
+        return
+    for side, lab, lo, hi in ((0, LUNG_R, edges[0] - 3.0, xj), (1, LUNG_L, xj - 4.0, edges[1] + 3.0)):
+        r = 0.5 * (hi - lo)
+        cy, ay = lungs[side][1], lungs[side][3]
+        x, grady = lo + r, 45.0 / ay   # the lung's own texture and gradient, continued
+        bd.capsule(x, front - r, x, front + depth, r, HU_LUNG + grady * (front - r - cy), clip=(1 << MEDIAST) | (1 << CAVITY),
+                   label=lab, vtex=22.0, grady=grady, oy=37 * side, ox=91 * side)
+
+
 def _spine(bd: Builder, an: Anatomy, zc: float, t: float, yv: float, rv: float) -> None:
     disc = ((zc + an.vert_phase) % an.vert_period) < 5.5
     if disc:
@@ -294,14 +357,35 @@ def _abdomen(bd: Builder, an: Anatomy, t: float, zc: float, yc: float, ac: float
                    vtex=8.0)
         bd.ellipse(0.55 * ac, yc + 0.45 * bc, gl * 0.22 * ac, gl * 0.35 * bc, 48.0, clip=clip, label=ORGAN,
                    rot=0.5)
-        if gl > 0.3:
-            bd.ellipse(0.42 * ac, yc - 0.45 * bc, gl * 0.18 * ac, gl * 0.12 * bc, HU_AIR, clip=clip, label=GAS,
-                       stex=0.15)
+        if gl > 0.35:
+            _dome_gas(bd, an, zc, cx * 0.85, yc + 0.05 * bc, gl * 0.7 * ac, gl * 1.05 * bc)
     for x, y, g0, g1, ga, gb in an.gas:
         if g0 <= zc <= g1:
             f = math.sin(math.pi * (zc - g0) / (g1 - g0)) ** 0.5
             bd.ellipse(x, y, ga * f, gb * f, HU_AIR + 20.0, clip=clip | (1 << GAS), label=GAS, stex=0.35,
                        oy=x * 3.0, ox=y * 5.0)
+
+
+def _dome_gas(bd: Builder, an: Anatomy, zc: float, ox: float, oy: float, oa: float, ob: float) -> None:
+    """Stomach gas bubble (with a flat air-fluid level: the patient lies supine) and bowel gas pockets
+    under the left dome, inside its organ ellipse (ox, oy, oa, ob) with a rim of at least a fifth of
+    it, so that tissue (diaphragm, stomach wall) always lies between the gas and the lung base."""
+    s0, s1, sa, sb, sx = an.stomach
+    if s0 < zc < s1:
+        f = math.sin(math.pi * (zc - s0) / (s1 - s0)) ** 0.5
+        ga, gb = min(f * sa, 0.5 * oa), min(f * sb, 0.42 * ob)
+        if min(ga, gb) > 3.0:
+            x, y = ox + 0.12 * sx * oa, oy - 0.3 * ob
+            bd.ellipse(x, y, ga, gb, HU_AIR, clip=1 << ORGAN, label=GAS)
+            level = y + 0.3 * gb   # gastric fluid below the level
+            bd.capsule(x - ga, level + gb, x + ga, level + gb, gb, 12.0, clip=1 << GAS, label=FLUID)
+    for u, v, g0, g1, k in an.dome_gas:
+        if g0 < zc < g1:
+            f = math.sin(math.pi * (zc - g0) / (g1 - g0)) ** 0.5
+            ga, gb = min(f * k * oa, 14.0), min(f * k * ob, 12.0)
+            if min(ga, gb) > 2.0:
+                bd.ellipse(ox + u * oa, oy + v * ob, ga, gb, HU_AIR + 20.0, clip=1 << ORGAN, label=GAS,
+                           stex=0.2, oy=u * 40.0, ox=v * 40.0)
 
 
 def _lung_map(lungs, side: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,10 +1,14 @@
 """Synthetic chest CT series that look like COVID-CTset slices (raw uint16 = HU + 1024).
 
 A series is painted slice by slice from a patient ``Anatomy`` (see
-``_anatomy``/``_scene``): field of view, patient table, body wall, ribs,
-spine, mediastinum, heart, trachea and bronchi, two lungs with vessels that
-open and close along z, diaphragm domes and bowel gas, cables, and for COVID
-patients ground-glass and consolidation lesions. Kernel- and
+``_anatomy``/``_scene``): field of view, a wide curved table under a thick
+foam pad (-880..-820 HU, textured, with air pockets, and air between the pad
+and the back over part of the width), body wall, ribs, spine, mediastinum,
+heart, trachea (up through the neck slices) and bronchi, two lungs with
+vessels that open and close along z (in half the patients touching at the
+anterior junction over a few slices), diaphragm domes with a stomach gas
+bubble and bowel gas under the left one, more bowel gas below, cables, and
+for COVID patients ground-glass and consolidation lesions. Kernel- and
 thickness-dependent noise comes from a pre-generated bank read at random
 offsets. The lung and lesion truth is returned with the pixels.
 """
