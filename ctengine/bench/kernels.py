@@ -21,7 +21,8 @@ import zarr
 from scipy import ndimage
 
 import ctengine
-from ..features import compute_features, features_path
+from ..features import compute_features
+from ..store import features_path, names
 from ..synth import write_cohort
 from ._common import cluster, on_machine, pick_sizes, worker_count
 
@@ -155,8 +156,8 @@ def feature_pass(store_slices: int, workdir: Path, scheduler: str | None, worker
     shutil.rmtree(features_path(str(store)), ignore_errors=True)
     root = zarr.open_group(store, mode="a")
     for patient, series in ctengine.open_store(store).series_keys():
-        if "labels" in root[f"{patient}/{series}"]:
-            del root[f"{patient}/{series}/labels"]
+        if names.LABELS in root[f"{patient}/{series}"]:
+            del root[f"{patient}/{series}/{names.LABELS}"]
     with cluster(scheduler, workers) as client:
         client.run(lambda: __import__("ctengine.kernels"))  # import and load cached kernels first
         report = compute_features(store, client=client, progress=False)

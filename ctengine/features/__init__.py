@@ -7,9 +7,8 @@
 """
 from __future__ import annotations
 
-from ..store import features_path
 from .aggregate import SERIES_COLUMNS, aggregate_patient, aggregate_series, stats_to_frame
 from .pipeline import FeatureReport, compute_features, compute_series, feature_device, series_features
 
 __all__ = ["SERIES_COLUMNS", "FeatureReport", "aggregate_patient", "aggregate_series", "compute_features",
-           "compute_series", "feature_device", "features_path", "series_features", "stats_to_frame"]
+           "compute_series", "feature_device", "series_features", "stats_to_frame"]

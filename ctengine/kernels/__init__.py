@@ -7,8 +7,7 @@ tested against it.
 from .lung import lung_mask
 from .normalize import MODES, WINDOW_PRESETS, RunningMoments, normalize
 from .selection import LungAreaSelection, Selection, select_slices, select_slices_by_lung_area
-from .stats import STAT_COLUMNS, aggregate_patient, aggregate_series, hu_hist_edges, hu_stats, stats_to_frame
+from .stats import STAT_COLUMNS, hu_hist_edges, hu_stats
 
 __all__ = ["MODES", "WINDOW_PRESETS", "LungAreaSelection", "RunningMoments", "STAT_COLUMNS", "Selection",
-           "aggregate_patient", "aggregate_series", "hu_hist_edges", "hu_stats", "lung_mask", "normalize",
-           "select_slices", "select_slices_by_lung_area", "stats_to_frame"]
+           "hu_hist_edges", "hu_stats", "lung_mask", "normalize", "select_slices", "select_slices_by_lung_area"]

@@ -1,8 +1,8 @@
-"""Per-slice first-order HU statistics inside a lung mask, and their series aggregates.
+"""Per-slice first-order HU statistics inside a lung mask.
 
 :func:`hu_stats` takes numpy, cupy or dask arrays and returns a dict of
-arrays of the same kind; :func:`stats_to_frame`, :func:`aggregate_series`
-and :func:`aggregate_patient` turn numpy results into pandas tables.
+arrays of the same kind; the tables built from them live in
+:mod:`ctengine.features.aggregate`.
 """
 from __future__ import annotations
 
@@ -11,14 +11,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..constants import (DEFAULT_INTERCEPT, DEFAULT_SLOPE, HU_HIST_BINS, HU_HIST_RANGE, SERIES,
-                         STATS_PERCENTILES)
+from ..constants import DEFAULT_INTERCEPT, DEFAULT_SLOPE, HU_HIST_BINS, HU_HIST_RANGE, STATS_PERCENTILES
 from . import _stats_reference as _ref
 from ._backend import array_kind, as_stack, chunk_kind
 from .selection import spacing_pair
 
-__all__ = ["hu_stats", "stats_to_frame", "aggregate_series", "aggregate_patient",
-           "STAT_COLUMNS", "SERIES_COLUMNS", "hu_hist_edges"]
+__all__ = ["hu_stats", "STAT_COLUMNS", "hu_hist_edges"]
 
 FLOAT_COLUMNS = _ref.FLOAT_COLUMNS
 #: per-slice keys of :func:`hu_stats`, besides "histogram"
@@ -192,168 +190,3 @@ def _dask_stats(x: Any, mask: Any, slope: float, intercept: float,
                           drop_axis=2, chunks=(x.chunks[0], (width,)), dtype=np.float64, meta=meta)
     return (packed[:, 0].astype(np.int64), packed[:, 1:1 + _NF],
             packed[:, 1 + _NF:].astype(np.int64))
-
-
-def stats_to_frame(stats: dict[str, Any]) -> "pd.DataFrame":
-    """pandas DataFrame of a numpy :func:`hu_stats` result: one row per slice.
-
-    Columns: ``STAT_COLUMNS`` then ``hist_00`` .. ``hist_63`` (int64).
-    Compute dask results first (``dask.compute(stats)[0]``) and copy cupy
-    ones to the host.
-    """
-    import pandas as pd
-
-    missing = [k for k in (*STAT_COLUMNS, "histogram") if k not in stats]
-    if missing:
-        raise ValueError(f"not a hu_stats result: missing keys {missing}")
-    if any(array_kind(stats[k]) != "numpy" for k in (*STAT_COLUMNS, "histogram")):
-        raise TypeError("stats_to_frame needs numpy arrays: compute dask / copy cupy results first")
-    cols = {k: np.atleast_1d(stats[k]) for k in STAT_COLUMNS}
-    hist = np.atleast_2d(stats["histogram"])
-    for b in range(hist.shape[1]):
-        cols[f"hist_{b:02d}"] = hist[:, b]
-    return pd.DataFrame(cols)
-
-
-#: columns of :func:`aggregate_series` besides the group keys
-SERIES_COLUMNS = ("n_slices", "n_slices_with_lung", "voxels", "thickness_mm", "lung_volume_l",
-                  "mean_hu", "std_hu", "min_hu", "max_hu", "frac_emphysema", "frac_aerated",
-                  "frac_ground_glass", "frac_consolidation", "opacity_pct")
-_WEIGHTED = ("frac_emphysema", "frac_aerated", "frac_ground_glass", "frac_consolidation", "opacity_pct")
-
-
-def aggregate_series(frame: "pd.DataFrame", *, thickness_mm: Any = None,
-                     by: tuple[str, ...] = ("patient", "series")) -> "pd.DataFrame":
-    """Whole-series values from per-slice rows (:func:`stats_to_frame` output), one row per series.
-
-    - ``lung_volume_l`` = sum(area_mm2) * thickness_mm / 1e6: every slice is
-      a slab of the nominal thickness (NaN without thickness or spacing);
-      only the slices present count (e.g. after selection).
-    - ``mean_hu``: voxel-weighted mean; ``std_hu``: pooled population std
-      (exact, from the per-slice means and stds); ``min_hu`` / ``max_hu``.
-    - ``frac_*`` and ``opacity_pct``: weighted by voxel count, i.e. by volume,
-      since all voxels of a series have the same volume.
-
-    Parameters
-    ----------
-    frame : DataFrame
-        Per-slice rows; with columns ``by`` (default patient, series) each
-        group is one series, without them the whole frame is one series.
-    thickness_mm : None, float, mapping or Series, optional
-        Slice thickness in mm: one number for every series, or keyed by the
-        group key (e.g. a Series indexed by (patient, series)). When None, a
-        ``thickness_mm`` column is used if the frame has one.
-    by : tuple of str
-        Group key columns.
-
-    Returns
-    -------
-    DataFrame
-        The key columns then ``SERIES_COLUMNS``, one row per series (NaN
-        statistics for a series without lung voxels).
-
-    Raises
-    ------
-    ValueError
-        Only some key columns present; thickness not > 0; thickness column
-        not constant within a series.
-    """
-    import pandas as pd
-
-    keys = [c for c in by if c in frame.columns]
-    if keys and len(keys) != len(by):
-        raise ValueError(f"frame has the key columns {keys} but not all of {list(by)}")
-    if not keys:
-        return pd.DataFrame([_series_row(frame, _thickness(thickness_mm, (), frame))])
-    rows = []
-    for key, group in frame.groupby(list(by), sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key)), **_series_row(group, _thickness(thickness_mm, key, group))})
-    return pd.DataFrame(rows, columns=[*by, *SERIES_COLUMNS])
-
-
-def _thickness(thickness_mm: Any, key: tuple, group: "pd.DataFrame") -> float:
-    """Thickness in mm of one series (NaN when unknown)."""
-    if thickness_mm is None:
-        if "thickness_mm" not in group.columns:
-            return math.nan
-        values = group["thickness_mm"].dropna().unique()
-        if len(values) > 1:
-            raise ValueError(f"series {key}: thickness_mm varies within the series: {sorted(values)}")
-        value = values[0] if len(values) else math.nan
-    elif np.ndim(thickness_mm) == 0 and not hasattr(thickness_mm, "get"):
-        value = thickness_mm
-    else:
-        value = thickness_mm.get(key if len(key) != 1 else key[0], math.nan)
-    value = math.nan if value is None else float(value)
-    if not math.isnan(value) and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"thickness_mm must be finite and > 0 (or unknown), got {value!r} for {key}")
-    return value
-
-
-def _series_row(frame: "pd.DataFrame", thick: float) -> dict[str, Any]:
-    n = frame["count"].to_numpy(dtype=np.int64)
-    total = int(n.sum())
-    area = float(frame["area_mm2"].to_numpy(dtype=np.float64).sum())
-    row: dict[str, Any] = {"n_slices": len(frame), "n_slices_with_lung": int(np.count_nonzero(n)),
-                           "voxels": total, "thickness_mm": thick, "lung_volume_l": area * thick / 1e6}
-    if total == 0:
-        return {**row, **{k: math.nan for k in SERIES_COLUMNS[5:]}}
-    lung = n > 0
-    w = n[lung].astype(np.float64)
-    mean = frame["mean"].to_numpy(dtype=np.float64)[lung]
-    std = frame["std"].to_numpy(dtype=np.float64)[lung]
-    m = float((w * mean).sum() / total)
-    row["mean_hu"] = m
-    row["std_hu"] = math.sqrt(max(0.0, float((w * (std ** 2 + (mean - m) ** 2)).sum() / total)))
-    row["min_hu"] = float(frame["min"].to_numpy(dtype=np.float64)[lung].min())
-    row["max_hu"] = float(frame["max"].to_numpy(dtype=np.float64)[lung].max())
-    for k in _WEIGHTED:
-        row[k] = float((w * frame[k].to_numpy(dtype=np.float64)[lung]).sum() / total)
-    return row
-
-
-def aggregate_patient(series_table: "pd.DataFrame", *, labels: Any = None,
-                      prefer: tuple[str, ...] = SERIES) -> "pd.DataFrame":
-    """One row per patient from the :func:`aggregate_series` table.
-
-    A patient's series (SR_2, SR_3, SR_4) are one breath-hold scan
-    reconstructed three ways, so they are never summed or averaged: each
-    patient takes the values of its first series in ``prefer`` order (SR_2
-    first, the series the authors classify), or of its first series by
-    name when none is listed.
-
-    Parameters
-    ----------
-    series_table : DataFrame
-        Output of :func:`aggregate_series` with ``patient`` and ``series`` columns.
-    labels : mapping or Series, optional
-        Patient -> label ("covid" / "normal"), added as a ``label`` column.
-    prefer : tuple of str
-        Series names in order of preference.
-
-    Returns
-    -------
-    DataFrame
-        ``patient``, (``label``), ``series`` (the one used), ``n_series``,
-        then ``SERIES_COLUMNS``.
-    """
-    import pandas as pd
-
-    for col in ("patient", "series"):
-        if col not in series_table.columns:
-            raise ValueError(f"series_table has no column {col!r}")
-    rank = {name: i for i, name in enumerate(prefer)}
-    rows = []
-    for patient, group in series_table.groupby("patient", sort=True):
-        order = sorted(group["series"], key=lambda s: (rank.get(s, len(rank)), str(s)))
-        chosen = group[group["series"] == order[0]].iloc[0]
-        row = {"patient": patient}
-        if labels is not None:
-            row["label"] = labels.get(patient)
-        row.update({"series": order[0], "n_series": len(group)})
-        row.update({k: chosen[k] for k in SERIES_COLUMNS if k in chosen.index})
-        rows.append(row)
-    cols = ["patient", *(["label"] if labels is not None else []), "series", "n_series",
-            *(c for c in SERIES_COLUMNS if c in series_table.columns)]
-    return pd.DataFrame(rows, columns=cols)
