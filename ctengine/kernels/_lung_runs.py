@@ -292,16 +292,25 @@ def drop_tissue_runs(s, e, ptr, h, img, hole_px, t_soft, os_, oe, optr):
         for i in range(ptr[y], ptr[y + 1]):
             area[comp[i]] += e[i] - s[i]
             soft[comp[i]] += soft_count(img[y], s[i], e[i], t_soft)
-    m = 0
+    keep = np.empty(nc, np.uint8)
+    for c in range(nc):
+        keep[c] = area[c] < hole_px or 2 * soft[c] <= area[c]
+    return select_runs(s, e, ptr, comp, keep, h, os_, oe, optr)
+
+
+@njit(cache=True)
+def select_runs(s, e, ptr, comp, keep, h, os_, oe, optr):
+    """Runs (h rows from ptr) of the components with keep[c] != 0; their count."""
+    n = 0
     for y in range(h):
-        optr[y] = m
+        optr[y] = n
         for i in range(ptr[y], ptr[y + 1]):
-            if area[comp[i]] < hole_px or 2 * soft[comp[i]] <= area[comp[i]]:
-                os_[m] = s[i]
-                oe[m] = e[i]
-                m += 1
-    optr[h] = m
-    return m
+            if keep[comp[i]]:
+                os_[n] = s[i]
+                oe[n] = e[i]
+                n += 1
+    optr[h] = n
+    return n
 
 
 @njit(cache=True)

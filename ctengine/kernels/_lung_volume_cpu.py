@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._lung_runs import label_runs_3d
+from ._lung_runs import label_runs_3d, select_runs
 
 
 @njit(cache=True)
@@ -195,21 +195,6 @@ def _touching(s, e, ptr, comp, nc, h, bs, be, bptr, max_px, keep):
 
 
 @njit(cache=True)
-def _select(s, e, ptr, comp, keep, h, os_, oe, optr):
-    """Runs (h rows from ptr) of the components with keep[c] != 0; their count."""
-    n = 0
-    for y in range(h):
-        optr[y] = n
-        for i in range(ptr[y], ptr[y + 1]):
-            if keep[comp[i]]:
-                os_[n] = s[i]
-                oe[n] = e[i]
-                n += 1
-    optr[h] = n
-    return n
-
-
-@njit(cache=True)
 def _seed_runs(ls, le, lptr, comp, nc, h, nb, sb, seed_px, max_px, mid_px, keep):
     """keep = the trachea's seed component (largest eligible, first on ties); False if there is none."""
     area = np.zeros(nc, np.int64)
@@ -299,7 +284,7 @@ def _declare_air(img, t_low, t_air, seed_px, max_px, mid_px, wall_px, out):
     total_cols = np.int64(h) * ((np.int64(w) - 1) * w // 2)
     seeded = False
     for k in range(z):
-        _select(s, e, ptr[k * h:k * h + h + 1], comp, inside, h, fs, fe, fptr)
+        select_runs(s, e, ptr[k * h:k * h + h + 1], comp, inside, h, fs, fe, fptr)
         _lumen_runs(img[k], t_air, fs, fe, fptr, ls, le, lptr)
         nl = label_runs_3d(ls, le, lptr, 1, h, lcomp)
         if not seeded:
@@ -314,12 +299,12 @@ def _declare_air(img, t_low, t_air, seed_px, max_px, mid_px, wall_px, out):
             seeded = True
         else:
             _touching(ls, le, lptr, lcomp, nl, h, as_, ae, aptr, max_px, keep)
-        if _select(ls, le, lptr, lcomp, keep, h, as_, ae, aptr) == 0:
+        if select_runs(ls, le, lptr, lcomp, keep, h, as_, ae, aptr) == 0:
             return
         _wall(out[k], fs, fe, fptr, as_, ae, aptr, h, w, wall_px, ring, nxt, free2)
         nf = label_runs_3d(fs, fe, fptr, 1, h, fcomp)
         _touching(fs, fe, fptr, fcomp, nf, h, as_, ae, aptr, max_px, keep)
-        _select(fs, fe, fptr, fcomp, keep, h, ws, we, wptr)
+        select_runs(fs, fe, fptr, fcomp, keep, h, ws, we, wptr)
         for y in range(h):
             for i in range(wptr[y], wptr[y + 1]):
                 for x in range(ws[i], we[i]):
