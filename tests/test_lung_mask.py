@@ -360,3 +360,16 @@ def test_extreme_options_match_reference():
                {"slope": 1e-300}):
         np.testing.assert_array_equal(lung_mask(raw, **kw), lung_mask(raw, method="reference", **kw),
                                       err_msg=str(kw))
+
+
+@pytest.mark.parametrize("option", [{"min_volume_fraction": 1.5}, {"min_volume_fraction": -0.1},
+                                    {"airway_wall_mm": -1.0}, {"airway_max_area_mm2": float("nan")},
+                                    {"trachea_midline_mm": -3.0}])
+def test_whole_series_options_out_of_range(option):
+    with pytest.raises(ValueError):
+        lung_mask(np.zeros((2, 16, 16), np.uint16), **option)
+
+
+def test_whole_series_option_not_a_number():
+    with pytest.raises(TypeError):
+        lung_mask(np.zeros((2, 16, 16), np.uint16), airway_wall_mm="3 mm")
