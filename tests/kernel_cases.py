@@ -98,8 +98,9 @@ def upsample(x: np.ndarray, factor: int) -> np.ndarray:
 def run_cudasim(kind: str, cases: dict[str, dict[str, Any]], *, timeout: float = 240) -> dict[str, Any]:
     """Run the numba.cuda code path of ``kind`` on every case under the CUDA simulator.
 
-    kind: "normalize" (case keys x, mode, opts), "dark" (x), "area" (masks)
-    or "stats" (x, mask, slope, intercept). Returns {case name: output}.
+    Each runs the public kernel with ``method="cuda"``. kind: "normalize"
+    (case keys x, mode, opts), "dark" (x), "area" (masks), "stats" (x,
+    mask, slope, intercept) or "lung" (x, opts). Returns {case name: output}.
     """
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
@@ -136,34 +137,37 @@ def _cudasim_main(src: str, dst: str) -> None:
 
 
 def _sim_normalize(x: np.ndarray, mode: str, opts: dict[str, Any]) -> np.ndarray:
-    # the package re-exports the function normalize under the module's name
-    nm = importlib.import_module("ctengine.kernels.normalize")
+    from ctengine.kernels import normalize
 
-    stack = x[None] if x.ndim == 2 else x
-    out = nm._cuda_block(stack, nm._plan(mode, **opts), np)
-    return out[0] if x.ndim == 2 else out
+    return normalize(x, mode, units="raw", method="cuda", **opts)
 
 
 def _sim_dark(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from ctengine.kernels import _selection_reference, selection
+    from ctengine.kernels import select_slices
 
-    counts = selection._cuda_dark_counts(x[None] if x.ndim == 2 else x, np)
-    return _selection_reference.keep_from_counts(counts), counts
+    return tuple(select_slices(x, units="raw", method="cuda"))
 
 
 def _sim_area(masks: np.ndarray) -> np.ndarray:
-    from ctengine.kernels import _selection_gpu
+    from ctengine.kernels import select_slices_by_lung_area
 
-    return _selection_gpu.nonzero_counts(masks[None] if masks.ndim == 2 else masks, np)
+    return select_slices_by_lung_area(masks, spacing=1.0, method="cuda").counts
 
 
 def _sim_stats(x: np.ndarray, mask: np.ndarray, slope: float, intercept: float) -> tuple:
-    from ctengine.kernels import stats
+    from ctengine.kernels import hu_stats
+    from ctengine.kernels.stats import FLOAT_COLUMNS
 
-    if x.ndim == 2:
-        x, mask = x[None], mask[None]
-    return stats._cuda_block_stats(x, mask, slope, intercept, np)
+    out = hu_stats(x[None] if x.ndim == 2 else x, mask[None] if mask.ndim == 2 else mask,
+                   units="raw", slope=slope, intercept=intercept, method="cuda")
+    return out["count"], np.stack([out[k] for k in FLOAT_COLUMNS], axis=1), out["histogram"]
+
+
+def _sim_lung(x: np.ndarray, opts: dict[str, Any]) -> np.ndarray:
+    from ctengine.kernels import lung_mask
+
+    return lung_mask(x, method="cuda", **opts)
 
 
 _SIM_RUNNERS = {"normalize": _sim_normalize, "dark": _sim_dark, "area": _sim_area,
-                "stats": _sim_stats}
+                "stats": _sim_stats, "lung": _sim_lung}

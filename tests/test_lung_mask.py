@@ -13,7 +13,11 @@ from ctengine.kernels import _lung_volume_cpu as volume_cpu
 from ctengine.kernels import _lung_volume_reference as volume_reference
 from ctengine.kernels._lung_params import LungParams, VolumeParams
 from ctengine.kernels._lung_reference import lung_mask_reference
+from ctengine.kernels import SpacingUnknownWarning
 from ctengine.kernels.lung import lung_mask
+
+#: most cases here measure at the nominal spacing on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::ctengine.kernels.SpacingUnknownWarning")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -305,10 +309,21 @@ def test_dask_blocks_match_numpy(phantom_series):
 
 # ---------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32, np.uint32, ">u2"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint32, ">u2"])
 def test_wrong_dtype(dtype):
     with pytest.raises(TypeError, match="uint16"):
-        lung_mask(np.zeros((8, 8), dtype))
+        lung_mask(np.zeros((8, 8), dtype), spacing=0.7)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_signed_or_float_input_must_name_its_units(dtype):
+    with pytest.raises(TypeError, match="units='hu'"):
+        lung_mask(np.zeros((8, 8), dtype), spacing=0.7)
+
+
+def test_unknown_spacing_is_said_out_loud():
+    with pytest.warns(SpacingUnknownWarning, match="nominal 11.2 mm"):
+        lung_mask(np.zeros((32, 32), np.uint16))
 
 
 @pytest.mark.parametrize("shape", [(8,), (1, 2, 8, 8)])

@@ -62,12 +62,12 @@ def run(backend: str, case: str, mode_id: str, sim: dict | None = None) -> np.nd
     x = CASES[case] if case in CASES else BIG_CASES[case]
     mode, opts = MODES[mode_id]
     if backend == "reference":
-        return normalize(x, mode, method="reference", **opts)
+        return normalize(x, mode, units="raw", method="reference", **opts)
     if backend == "cpu":
-        return normalize(x, mode, **opts)
+        return normalize(x, mode, units="raw", **opts)
     if backend == "dask":
         chunks = (1, max(1, x.shape[-2] // 2), -1) if x.ndim == 3 else (max(1, x.shape[0] // 2), -1)
-        out = normalize(da.from_array(x, chunks=chunks), mode, **opts)
+        out = normalize(da.from_array(x, chunks=chunks), mode, units="raw", **opts)
         assert isinstance(out, da.Array)
         return out.compute()
     return sim[f"{case}|{mode_id}"]
@@ -123,7 +123,7 @@ def test_hu_of_constant_water(backend, request):
 
 def test_window_preset_values():
     raw = np.array([[1024 - 1350, 1024 - 600, 1024 + 150, 0, 5000]], dtype=np.int16)
-    out = normalize(raw, "window", window="lung")
+    out = normalize(raw, "window", units="raw", window="lung")
     np.testing.assert_array_equal(out, np.array([[0.0, 0.5, 1.0, 326 / 1500, 1.0]], np.float32))
     med = normalize(np.array([[1024 - 160, 1024 + 40]], np.uint16), "window", window="mediastinum")
     np.testing.assert_array_equal(med, np.array([[0.0, 0.5]], np.float32))

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 import kernel_cases as kc
-from ctengine.kernels.selection import select_slices, select_slices_by_lung_area
+from ctengine.kernels.selection import select_slices, select_slices_by_lung_area, selection_region
 
 BACKENDS = ["reference", "cpu", "dask", "cuda-sim"]
 REGION = (slice(240, 340), slice(120, 370))
 
 
-def _with_dark(counts: list[int], shape=(340, 370), bright: int = 1024, dark: int = 299) -> np.ndarray:
+def _with_dark(counts: list[int], shape=(512, 512), bright: int = 1024, dark: int = 299) -> np.ndarray:
     """A stack whose slice k has exactly counts[k] dark pixels inside the region (and some outside)."""
     out = np.full((len(counts), *shape), bright, dtype=np.uint16)
     for k, n in enumerate(counts):
@@ -21,25 +21,26 @@ def _with_dark(counts: list[int], shape=(340, 370), bright: int = 1024, dark: in
         out[k, REGION[0], REGION[1]] = region.reshape(100, 250)
         out[k, :240, :] = 0  # dark, but outside the region: never counted
         out[k, :, 370:] = 0
+        out[k, 340:, :] = 0
     return out
 
 
 def _cases() -> dict[str, np.ndarray]:
-    boundary = np.full((3, 340, 370), 300, dtype=np.uint16)
+    boundary = np.full((3, 512, 512), 300, dtype=np.uint16)
     boundary[1, REGION[0], REGION[1]] = 299
     boundary[2, 240:320, REGION[1]] = 299
-    signed = kc.random_raw((2, 340, 370), high=700, seed=4, dtype=np.int16) - np.int16(300)
+    signed = kc.random_raw((2, 512, 512), high=700, seed=4, dtype=np.int16) - np.int16(300)
     return {
-        "random": kc.random_raw((2, 340, 370), high=700, seed=0),
+        "random": kc.random_raw((2, 512, 512), high=700, seed=0),
         "ct_like": kc.ct_phantom(5, 512, seed=1)[0],
-        "all_zero": np.zeros((2, 340, 370), np.uint16),
-        "all_bright": np.full((2, 340, 370), 1024, np.uint16),
+        "all_zero": np.zeros((2, 512, 512), np.uint16),
+        "all_bright": np.full((2, 512, 512), 1024, np.uint16),
         "boundary_299_300": boundary,
         "threshold_tie": _with_dark([0, 3000, 2000]),
         "real_ct_2d": kc.upsample(kc.real_ct_raw(), 4),
         "int16": signed,
-        "uint16_max": np.full((1, 340, 370), 65535, np.uint16),
-        "uint8_all_dark": kc.random_raw((2, 340, 370), high=256, seed=5, dtype=np.uint8),
+        "uint16_max": np.full((1, 512, 512), 65535, np.uint16),
+        "uint8_all_dark": kc.random_raw((2, 512, 512), high=256, seed=5, dtype=np.uint8),
     }
 
 
@@ -74,12 +75,12 @@ def sim() -> dict:
 def dark(backend: str, case: str, request) -> tuple[np.ndarray, np.ndarray]:
     x = CASES[case]
     if backend == "reference":
-        return tuple(select_slices(x, method="reference"))
+        return tuple(select_slices(x, units="raw", method="reference"))
     if backend == "cpu":
-        return tuple(select_slices(x))
+        return tuple(select_slices(x, units="raw"))
     if backend == "dask":
         chunks = (1, 128, 128) if x.ndim == 3 else (128, 128)
-        sel = select_slices(da.from_array(x, chunks=chunks))
+        sel = select_slices(da.from_array(x, chunks=chunks), units="raw")
         assert isinstance(sel.keep, da.Array) and isinstance(sel.counts, da.Array)
         return sel.keep.compute(), sel.counts.compute()
     return request.getfixturevalue("sim")["dark"][case]
@@ -90,11 +91,11 @@ def area_counts(backend: str, case: str, request) -> np.ndarray:
     if backend == "cuda-sim":
         return request.getfixturevalue("sim")["area"][case]
     if backend == "dask":
-        r = select_slices_by_lung_area(da.from_array(m, chunks=1 if m.ndim == 3 else 6), spacing_mm=1.0)
+        r = select_slices_by_lung_area(da.from_array(m, chunks=1 if m.ndim == 3 else 6), spacing=1.0)
         assert isinstance(r.counts, da.Array)
         return r.counts.compute()
     method = "reference" if backend == "reference" else "auto"
-    return select_slices_by_lung_area(m, spacing_mm=1.0, method=method).counts
+    return select_slices_by_lung_area(m, spacing=1.0, method=method).counts
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -113,7 +114,7 @@ def test_reference_is_the_published_rule(case):
     x = x[None] if x.ndim == 2 else x
     counts = np.array([np.count_nonzero(s[240:340, 120:370] < 300) for s in x])
     keep = counts > (counts.max() - counts.min()) / 1.5
-    sel = select_slices(x, method="reference")
+    sel = select_slices(x, units="raw", method="reference")
     np.testing.assert_array_equal(sel.counts, counts)
     np.testing.assert_array_equal(sel.keep, keep)
 
@@ -153,16 +154,41 @@ def test_single_slice_is_a_series_of_one():
     assert bool(sel.keep[0]) == (sel.counts[0] > 0)
 
 
-def test_rejects_small_slices():
-    with pytest.raises(ValueError, match=r"\(339, 370\)"):
-        select_slices(np.zeros((2, 339, 370), np.uint16))
-    with pytest.raises(ValueError, match=r"\(512, 369\)"):
-        select_slices(np.zeros((512, 369), np.uint16))
+@pytest.mark.parametrize("size", [384, 256, 640])
+def test_other_sizes_scale_the_region(size):
+    """The authors' rule on a phantom drawn at another size equals the 512 rule on the 512 phantom."""
+    small = kc.ct_phantom(5, size, seed=1)[0]
+    sel = select_slices(small)
+    assert sel.keep.tolist() == select_slices(kc.ct_phantom(5, 512, seed=1)[0]).keep.tolist()
+    assert not sel.keep.all()
+    rows, cols = selection_region((size, size))
+    counts = [np.count_nonzero(s[rows, cols] < 300) for s in small]
+    assert sel.counts.tolist() == counts
+
+
+def test_region_of_512_is_the_published_one_and_tiny_slices_are_refused():
+    assert selection_region((512, 512)) == (slice(240, 340), slice(120, 370))
+    assert selection_region((512, 256)) == (slice(240, 340), slice(60, 185))
+    with pytest.raises(ValueError, match=r"\(2, 512\)"):
+        select_slices(np.zeros((1, 2, 512), np.uint16))
+
+
+def test_dark_threshold_follows_the_rescale():
+    """HU < -724 is dark for any rescale: int16 stored values with intercept -32768 - 1024."""
+    raw = kc.ct_phantom(5, 512, seed=1)[0]
+    shifted = raw.astype(np.int32) - 32768
+    want = select_slices(raw)
+    got = select_slices(shifted.astype(np.int16), units="raw", intercept=32768 - 1024.0)
+    np.testing.assert_array_equal(got.counts, want.counts)
+    hu = select_slices(raw.astype(np.float32) - 1024.0, units="hu")
+    np.testing.assert_array_equal(hu.counts, want.counts)
 
 
 def test_rejects_bad_dtype_ndim_and_empty():
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(TypeError, match="float32.*units='hu'"):
         select_slices(np.zeros((1, 512, 512), np.float32))
+    with pytest.raises(TypeError, match="int16.*units='hu'"):
+        select_slices(np.zeros((1, 512, 512), np.int16))
     with pytest.raises(ValueError, match="shape"):
         select_slices(np.zeros((1, 1, 512, 512), np.uint16))
     with pytest.raises(ValueError, match="no slices"):
@@ -208,15 +234,15 @@ def test_area_rule_and_spacing():
     m[1, :5, :6] = 2   # 30 px
     m[2, :4, :5] = 1   # 20 px: exactly 2/3 of 30, not kept (strict)
     m[3, :5, :5] = 2   # 25 px
-    r = select_slices_by_lung_area(m, spacing_mm=(0.5, 0.8))
+    r = select_slices_by_lung_area(m, spacing=(0.5, 0.8))
     np.testing.assert_allclose(r.area_mm2, [1.6, 12.0, 8.0, 10.0])
     assert r.keep.tolist() == [False, True, False, True]
-    floor = select_slices_by_lung_area(m, spacing_mm=(0.5, 0.8), fraction=0.0, min_area_mm2=8.0)
+    floor = select_slices_by_lung_area(m, spacing=(0.5, 0.8), fraction=0.0, min_area_mm2=8.0)
     assert floor.keep.tolist() == [False, True, True, True]
 
 
 def test_area_of_empty_series_keeps_nothing():
-    r = select_slices_by_lung_area(MASKS["empty"], spacing_mm=0.7)
+    r = select_slices_by_lung_area(MASKS["empty"], spacing=0.7)
     assert r.keep.tolist() == [False, False] and r.area_mm2.tolist() == [0.0, 0.0]
 
 
@@ -224,25 +250,25 @@ def test_area_selection_keeps_consolidated_slice_the_dark_count_drops():
     raw, mask = kc.ct_phantom(5, 512, seed=3)
     raw[2][mask[2] > 0] = 1060  # middle slice: both lungs fully consolidated
     assert select_slices(raw).keep.tolist() == [False, True, False, True, False]
-    by_area = select_slices_by_lung_area(mask, spacing_mm=0.7)
+    by_area = select_slices_by_lung_area(mask, spacing=0.7)
     assert by_area.keep.tolist() == [False, True, True, True, False]
 
 
 def test_area_dask_is_lazy_and_equal():
     m = MASKS["ct_like"]
-    r = select_slices_by_lung_area(da.from_array(m, chunks=(1, 32, 32)), spacing_mm=0.6)
+    r = select_slices_by_lung_area(da.from_array(m, chunks=(1, 32, 32)), spacing=0.6)
     assert isinstance(r.keep, da.Array) and isinstance(r.area_mm2, da.Array)
-    want = select_slices_by_lung_area(m, spacing_mm=0.6)
+    want = select_slices_by_lung_area(m, spacing=0.6)
     np.testing.assert_array_equal(r.keep.compute(), want.keep)
     np.testing.assert_array_equal(r.area_mm2.compute(), want.area_mm2)
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
-    ({"spacing_mm": 0.0}, ValueError, "spacing_mm"),
-    ({"spacing_mm": (0.7, 0.7, 1.0)}, ValueError, "pair"),
-    ({"spacing_mm": float("nan")}, ValueError, "nan"),
-    ({"spacing_mm": 0.7, "fraction": 1.0}, ValueError, "fraction"),
-    ({"spacing_mm": 0.7, "min_area_mm2": -1}, ValueError, "-1"),
+    ({"spacing": 0.0}, ValueError, "spacing"),
+    ({"spacing": (0.7, 0.7, 1.0)}, TypeError, "pair"),
+    ({"spacing": float("nan")}, ValueError, "nan"),
+    ({"spacing": 0.7, "fraction": 1.0}, ValueError, "fraction"),
+    ({"spacing": 0.7, "min_area_mm2": -1}, ValueError, "-1"),
 ])
 def test_area_rejects_bad_options(kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -252,4 +278,13 @@ def test_area_rejects_bad_options(kwargs, exc, match):
 @pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.float32])
 def test_area_rejects_bad_mask_dtype(dtype):
     with pytest.raises(TypeError, match=np.dtype(dtype).name):
-        select_slices_by_lung_area(np.zeros((1, 4, 4), dtype), spacing_mm=0.7)
+        select_slices_by_lung_area(np.zeros((1, 4, 4), dtype), spacing=0.7)
+
+
+def test_area_rule_with_unknown_spacing_keeps_the_same_slices():
+    known = select_slices_by_lung_area(MASKS["random"], spacing=0.7)
+    unknown = select_slices_by_lung_area(MASKS["random"], spacing=None)
+    np.testing.assert_array_equal(unknown.keep, known.keep)
+    assert np.isnan(unknown.area_mm2).all()
+    with pytest.raises(ValueError, match="spacing is unknown"):
+        select_slices_by_lung_area(MASKS["random"], spacing=None, min_area_mm2=100.0)

@@ -82,7 +82,7 @@ def sim() -> dict:
 
 def run(backend: str, case: str, request=None) -> dict[str, np.ndarray]:
     c = CASES[case] if case in CASES else BIG_CASES[case]
-    kw = {"spacing": SPACING, "slope": c["slope"], "intercept": c["intercept"]}
+    kw = {"spacing": SPACING, "units": "raw", "slope": c["slope"], "intercept": c["intercept"]}
     if backend == "reference":
         return hu_stats(c["x"], c["mask"], method="reference", **kw)
     if backend == "cpu":

@@ -47,13 +47,15 @@ from ..constants import (DEFAULT_INTERCEPT, DEFAULT_SLOPE, LUNG_AIR_HU, LUNG_AIR
                          LUNG_AIRWAY_MIN_AREA_MM2, LUNG_AIRWAY_WALL_MM, LUNG_CLOSING_MM, LUNG_LOW_HU,
                          LUNG_MIN_AREA_MM2, LUNG_MIN_VOLUME_FRACTION, LUNG_SPLIT_WINDOW_MM,
                          LUNG_TISSUE_HOLE_MM2, LUNG_TISSUE_HU, LUNG_TRACHEA_MIDLINE_MM, RAW_DTYPE)
-from ._backend import array_kind, as_stack, chunk_kind, map_slices_dask
+from ._backend import map_slices_dask
 from ._lung_params import LungParams, VolumeParams, resolve, resolve_volume
+from ._validate import block_backend, kernel_input, spacing_or_nominal
 
 __all__ = ["lung_mask"]
 
 
 def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
+              units: Literal["raw", "hu"] | None = None,
               per_slice: bool = False, slope: float = DEFAULT_SLOPE, intercept: float = DEFAULT_INTERCEPT,
               low_hu: float = LUNG_LOW_HU, air_hu: float = LUNG_AIR_HU,
               min_area_mm2: float = LUNG_MIN_AREA_MM2,
@@ -64,18 +66,25 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
               airway_wall_mm: float = LUNG_AIRWAY_WALL_MM,
               trachea_midline_mm: float = LUNG_TRACHEA_MIDLINE_MM,
               min_volume_fraction: float = LUNG_MIN_VOLUME_FRACTION,
-              method: Literal["auto", "reference"] = "auto") -> Any:
+              method: Literal["auto", "reference", "cuda"] = "auto") -> Any:
     """Lung mask (0 background, 1 right lung, 2 left lung) of a raw CT series or slice.
 
     Parameters
     ----------
-    x : numpy, cupy or dask array of uint16, (y, x) or (z, y, x)
-        Raw stored values, HU = raw * slope + intercept. A stack is one
-        contiguous series, superior slice first (the store's order).
+    x : numpy, cupy or dask array, (y, x) or (z, y, x)
+        Raw stored values (uint16, HU = raw * slope + intercept) or, with
+        ``units="hu"``, Hounsfield units. A stack is one contiguous series,
+        superior slice first (the store's order).
     spacing : float or (float, float), optional
-        Pixel spacing (sy, sx), or one value for both, in mm. Default: 0.7 mm
-        for a 512-pixel slice, scaled by 512 / max(y, x) for other sizes (a
-        128 x 128 slice is taken as 2.8 mm per pixel).
+        Pixel spacing (sy, sx), or one value for both, in mm. None means
+        unknown: the mm options then use the nominal 0.7 mm for a 512-pixel
+        slice, scaled by 512 / max(y, x) (a 128 x 128 slice is taken as
+        2.8 mm per pixel), and a ``SpacingUnknownWarning`` says so.
+    units : {"raw", "hu"}, optional
+        What x holds. Default: raw for unsigned integers; signed or float
+        input must say ``units="hu"`` (converted to raw = rint(HU) + 1024,
+        clipped to 0..65535, with the default slope and intercept) or
+        ``units="raw"``.
     per_slice : bool
         Segment every slice on its own (for stacks that are not one
         contiguous series, such as selected slices of several series).
@@ -114,9 +123,11 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
     min_volume_fraction : float
         3-D components of the mask smaller than this fraction of the largest
         one are dropped (default 0.05).
-    method : {"auto", "reference"}
+    method : {"auto", "reference", "cuda"}
         "auto": Numba CPU kernel for numpy blocks, numba.cuda for cupy
-        blocks; "reference": the scipy specification (numpy blocks only).
+        blocks; "reference": the scipy specification (numpy blocks only);
+        "cuda": numba.cuda kernels on numpy blocks too (copied to the
+        device per launch; the CUDA simulator runs them on the CPU).
 
     Returns
     -------
@@ -125,7 +136,8 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
     Raises
     ------
     TypeError
-        x is not a numpy, cupy or dask array of uint16, or an option is not a number.
+        x is not a numpy, cupy or dask array of uint16 (or HU with
+        ``units="hu"``), or an option is not a number.
     ValueError
         x is neither 2-D nor 3-D, an option is out of range (spacing <= 0,
         slope <= 0, a negative size, air_hu > low_hu), unknown method.
@@ -158,12 +170,8 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
     >>> int(m[30, 20]), int(m[30, 45])
     (1, 2)
     """
-    kind = array_kind(x)
-    if x.dtype != RAW_DTYPE:
-        raise TypeError(f"x must hold raw uint16 values, got dtype {x.dtype}")
-    if method not in ("auto", "reference"):
-        raise ValueError(f"method must be 'auto' or 'reference', got {method!r}")
-    stack, was_2d = as_stack(x)
+    kind, stack, was_2d, slope, intercept = _raw_input(x, units, slope, intercept, method)
+    spacing = spacing_or_nominal(spacing, tuple(stack.shape[1:]))
     series = not per_slice and stack.shape[0] > 1
     volume = resolve_volume(tuple(stack.shape[1:]), spacing=spacing,
                             airway_min_area_mm2=airway_min_area_mm2,
@@ -176,8 +184,6 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
                      split_window_mm=split_window_mm, tissue_hu=tissue_hu,
                      tissue_hole_mm2=tissue_hole_mm2)
     if kind == "dask":
-        if method == "reference" and chunk_kind(x) != "numpy":
-            raise TypeError("method='reference' needs numpy blocks, got cupy blocks")
         zchunks = stack.chunks[0]
         out = map_slices_dask(_run_block, stack.rechunk({0: -1}) if series else stack, params=params,
                               volume=volume, series=series, method=method, dtype=np.uint8)
@@ -187,15 +193,24 @@ def lung_mask(x: Any, *, spacing: float | tuple[float, float] | None = None,
     return out[0] if was_2d else out
 
 
+def _raw_input(x: Any, units: Any, slope: Any, intercept: Any, method: Any) -> tuple:
+    """(kind, raw uint16 stack, was_2d, slope, intercept) of a validated input."""
+    inp = kernel_input(x, units=units, slope=slope, intercept=intercept, method=method, raw_dtypes="u")
+    if inp.stack.dtype != RAW_DTYPE:
+        raise TypeError(f"x must hold raw uint16 values (HU + 1024 for COVID-CTset), got dtype {x.dtype}")
+    return inp.kind, inp.stack, inp.was_2d, inp.slope, inp.intercept
+
+
 def _run_block(stack: Any, *, params: LungParams, volume: VolumeParams, series: bool,
                method: str) -> Any:
     """Lung masks of one (z, y, x) numpy or cupy block (one series when ``series``)."""
-    if array_kind(stack) == "cupy":
-        if method == "reference":
-            raise TypeError("method='reference' needs a numpy array, got a cupy array")
+    backend, xp = block_backend(stack, method)
+    if backend == "cuda":
         from . import _lung_volume_reference as whole
-        per_slice = _run_cupy
-    elif method == "reference":
+
+        def per_slice(s: Any, p: LungParams) -> Any:
+            return _run_cuda(s, p, xp)
+    elif backend == "reference":
         from . import _lung_volume_reference as whole
         from ._lung_reference import lung_mask_reference as per_slice
     else:
@@ -216,18 +231,19 @@ def _run_numba(stack: np.ndarray, params: LungParams) -> np.ndarray:
     return out
 
 
-def _run_cupy(stack: Any, params: LungParams) -> Any:
-    """numba.cuda kernels on a cupy stack, a few million pixels per call, on cupy's current stream."""
-    import cupy as cp
+def _run_cuda(stack: Any, params: LungParams, xp: Any) -> Any:
+    """numba.cuda kernels on a cupy stack (on cupy's current stream) or a numpy one, a few million
+    pixels per call."""
     from numba import cuda
-
     from ._lung_gpu import MAX_PIXELS, lung_mask_cuda
-    stack = cp.ascontiguousarray(stack)
-    out = cp.empty(stack.shape, dtype=cp.uint8)
+    stack = xp.ascontiguousarray(stack)
+    out = xp.empty(stack.shape, dtype=xp.uint8)
     if out.size == 0:
         return out
-    ptr = cp.cuda.get_current_stream().ptr
-    stream = cuda.external_stream(ptr) if ptr else 0
+    stream = 0
+    if xp is not np:
+        ptr = xp.cuda.get_current_stream().ptr
+        stream = cuda.external_stream(ptr) if ptr else 0
     step = max(1, MAX_PIXELS // (stack.shape[1] * stack.shape[2]))
     for a in range(0, stack.shape[0], step):
         lung_mask_cuda(stack[a:a + step], params, out[a:a + step], stream=stream)

@@ -27,7 +27,8 @@ import numpy as np
 from ..constants import (DEFAULT_INTERCEPT, DEFAULT_SLOPE, FIXED_DIVISOR_RAW,
                          LUNG_WINDOW_HU, MEDIASTINUM_WINDOW_HU)
 from . import _normalize_reference as _ref
-from ._backend import array_kind, as_stack, chunk_kind, map_slices_dask
+from ._backend import array_kind, map_slices_dask
+from ._validate import block_backend, finite, kernel_input, positive
 
 __all__ = ["normalize", "RunningMoments", "WINDOW_PRESETS", "MODES"]
 
@@ -39,19 +40,26 @@ _OPTIONS = {"max": (), "fixed": ("constant",), "hu": ("slope", "intercept"),
             "zscore": ("moments", "mean", "std")}
 
 
-def normalize(x: Any, mode: str, *, constant: float | None = None, slope: float | None = None,
+def normalize(x: Any, mode: str, *, units: Literal["raw", "hu"] | None = None,
+              constant: float | None = None, slope: float | None = None,
               intercept: float | None = None, window: str | None = None,
               center: float | None = None, width: float | None = None,
               moments: "RunningMoments | None" = None, mean: float | None = None,
-              std: float | None = None, method: Literal["auto", "reference"] = "auto") -> Any:
+              std: float | None = None, method: Literal["auto", "reference", "cuda"] = "auto") -> Any:
     """Normalise raw CT intensities to float32.
 
     Parameters
     ----------
     x : numpy, cupy or dask array of integers, (y, x) or (z, y, x)
-        Raw stored values (raw = HU + 1024 for COVID-CTset).
+        Raw stored values (raw = HU + 1024 for COVID-CTset), or Hounsfield
+        units with ``units="hu"``.
     mode : {"max", "fixed", "hu", "window", "zscore"}
         See the module docstring.
+    units : {"raw", "hu"}, optional
+        What x holds. Default: raw for unsigned integers; signed or float
+        input must say ``units="hu"`` (taken as raw = rint(HU) + 1024,
+        clipped to 0..65535, so every mode sees the values COVID-CTset
+        stores) or ``units="raw"``.
     constant : float, optional
         Mode "fixed": divisor in raw units, default 65535.0 (the full 16-bit
         range, so every raw value maps into [0, 1]; COVID-CTset raw values
@@ -69,9 +77,10 @@ def normalize(x: Any, mode: str, *, constant: float | None = None, slope: float 
         Mode "zscore": dataset-wide moments of raw values.
     mean, std : float, optional
         Mode "zscore": raw-unit mean and standard deviation instead of ``moments``.
-    method : {"auto", "reference"}
+    method : {"auto", "reference", "cuda"}
         "auto": Numba CPU kernel for numpy blocks, numba.cuda for cupy
-        blocks; "reference": the plain numpy specification (numpy blocks only).
+        blocks; "reference": the plain numpy specification (numpy blocks
+        only); "cuda": numba.cuda kernels on numpy blocks too.
 
     Returns
     -------
@@ -81,7 +90,8 @@ def normalize(x: Any, mode: str, *, constant: float | None = None, slope: float 
     Raises
     ------
     TypeError
-        x is not an integer array, or an option does not belong to ``mode``.
+        x is not an integer array (numbers with ``units="hu"``), or an option
+        does not belong to ``mode``.
     ValueError
         Unknown mode, window or method; non-finite or non-positive divisor,
         slope, width or std; x neither 2-D nor 3-D.
@@ -94,16 +104,13 @@ def normalize(x: Any, mode: str, *, constant: float | None = None, slope: float 
     >>> normalize(np.array([[0, 1024]], dtype=np.uint16), "hu")
     array([[-1024.,     0.]], dtype=float32)
     """
-    kind = array_kind(x)
-    _check_raw(x)
-    if method not in ("auto", "reference"):
-        raise ValueError(f"method must be 'auto' or 'reference', got {method!r}")
+    if units == "hu" and (slope is not None or intercept is not None):
+        raise ValueError("slope and intercept convert raw values to HU: with units='hu' leave them out")
+    inp = kernel_input(x, units=units, method=method)
     plan = _plan(mode, constant=constant, slope=slope, intercept=intercept, window=window,
                  center=center, width=width, moments=moments, mean=mean, std=std)
-    stack, was_2d = as_stack(x)
+    kind, stack, was_2d = inp.kind, inp.stack, inp.was_2d
     if kind == "dask":
-        if method == "reference" and chunk_kind(x) != "numpy":
-            raise TypeError("method='reference' needs numpy blocks, got cupy blocks")
         out = map_slices_dask(_run_block, stack, plan=plan, method=method, dtype=np.float32)
     else:
         out = _run_block(stack, plan=plan, method=method)
@@ -125,12 +132,10 @@ class _Plan(NamedTuple):
 def _run_block(stack: Any, *, plan: _Plan, method: str) -> Any:
     """Normalise one (z, y, x) numpy or cupy block following a resolved plan."""
     slope, intercept, lo, div, clip = plan.slope, plan.intercept, plan.lo, plan.div, plan.clip
-    if array_kind(stack) == "cupy":
-        if method == "reference":
-            raise TypeError("method='reference' needs a numpy array, got a cupy array")
-        import cupy as cp
-        return _cuda_block(stack, plan, cp)
-    if method == "reference":
+    backend, xp = block_backend(stack, method)
+    if backend == "cuda":
+        return _cuda_block(stack, plan, xp)
+    if backend == "reference":
         return _reference(stack, plan)
     from . import _normalize_cpu as cpu
     stack = np.ascontiguousarray(stack)
@@ -162,25 +167,6 @@ def _reference(stack: np.ndarray, p: _Plan) -> np.ndarray:
     return _ref.normalize_zscore(stack, p.lo, p.div)
 
 
-def _check_raw(x: Any) -> None:
-    if np.dtype(x.dtype).kind not in "ui":
-        raise TypeError(f"x must hold raw integer values (uint16 for COVID-CTset), got dtype {x.dtype}")
-
-
-def _positive(name: str, value: Any) -> float:
-    v = float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
-
-
-def _finite(name: str, value: Any) -> float:
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
-
-
 def _plan(mode: str, **opts: Any) -> _Plan:
     """Resolve and validate the options of one mode."""
     if mode not in MODES:
@@ -194,9 +180,9 @@ def _plan(mode: str, **opts: Any) -> _Plan:
         return _Plan(mode, div=None)
     if mode == "fixed":
         c = FIXED_DIVISOR_RAW if opts["constant"] is None else opts["constant"]
-        return _Plan(mode, div=_positive("constant", c))
-    slope = _positive("slope", DEFAULT_SLOPE if opts["slope"] is None else opts["slope"])
-    intercept = _finite("intercept",
+        return _Plan(mode, div=positive("constant", c))
+    slope = positive("slope", DEFAULT_SLOPE if opts["slope"] is None else opts["slope"])
+    intercept = finite("intercept",
                         DEFAULT_INTERCEPT if opts["intercept"] is None else opts["intercept"])
     if mode == "hu":
         return _Plan(mode, slope, intercept)
@@ -216,7 +202,7 @@ def _window(window: str | None, center: Any, width: Any) -> tuple[float, float]:
         center, width = WINDOW_PRESETS[window]
     elif center is None or width is None:
         raise TypeError("mode 'window' needs window=<preset> or both center= and width= (HU)")
-    return _finite("center", center), _positive("width", width)
+    return finite("center", center), positive("width", width)
 
 
 def _zscore_plan(moments: "RunningMoments | None", mean: Any, std: Any) -> _Plan:
@@ -230,7 +216,7 @@ def _zscore_plan(moments: "RunningMoments | None", mean: Any, std: Any) -> _Plan
         mean, std = moments.mean, moments.std
     elif mean is None or std is None:
         raise TypeError("mode 'zscore' needs moments= or both mean= and std= (raw units)")
-    return _Plan("zscore", lo=_finite("mean", mean), div=_positive("std", std))
+    return _Plan("zscore", lo=finite("mean", mean), div=positive("std", std))
 
 
 class RunningMoments:

@@ -13,8 +13,8 @@ import numpy as np
 
 from ..constants import DEFAULT_INTERCEPT, DEFAULT_SLOPE, HU_HIST_BINS, HU_HIST_RANGE, STATS_PERCENTILES
 from . import _stats_reference as _ref
-from ._backend import array_kind, as_stack, chunk_kind
-from .selection import spacing_pair
+from ._backend import array_kind, as_stack
+from ._validate import block_backend, kernel_input, spacing_pair
 
 __all__ = ["hu_stats", "STAT_COLUMNS", "hu_hist_edges"]
 
@@ -30,8 +30,9 @@ def hu_hist_edges() -> np.ndarray:
 
 
 def hu_stats(x: Any, mask: Any, *, spacing: float | tuple[float, float] | None = None,
+             units: Literal["raw", "hu"] | None = None,
              slope: float = DEFAULT_SLOPE, intercept: float = DEFAULT_INTERCEPT,
-             method: Literal["auto", "reference"] = "auto") -> dict[str, Any]:
+             method: Literal["auto", "reference", "cuda"] = "auto") -> dict[str, Any]:
     """First-order HU statistics of each slice over the pixels where mask > 0.
 
     HU = raw * slope + intercept in float64. Statistics follow pyradiomics /
@@ -42,15 +43,22 @@ def hu_stats(x: Any, mask: Any, *, spacing: float | tuple[float, float] | None =
     Parameters
     ----------
     x : numpy, cupy or dask array, (z, y, x) or (y, x)
-        Raw integer values, 8 or 16 bits (uint16 for COVID-CTset).
+        Raw integer values, 8 or 16 bits (uint16 for COVID-CTset), or
+        Hounsfield units with ``units="hu"``.
     mask : array of x's kind (a numpy mask is accepted with a dask x), uint8 or bool
         Same shape as x; pixels with mask > 0 are counted (lung labels 1, 2).
     spacing : float or (float, float), optional
-        Pixel spacing (y, x) in mm; without it area_mm2 is NaN.
+        Pixel spacing (y, x) in mm; None means unknown and area_mm2 is NaN.
+    units : {"raw", "hu"}, optional
+        What x holds. Default: raw for unsigned integers; signed or float
+        input must say ``units="hu"`` (rounded to whole HU, below -1024
+        counted as -1024, with the default slope and intercept) or
+        ``units="raw"``.
     slope, intercept : float
         Rescale of raw to HU (slope > 0).
-    method : {"auto", "reference"}
-        "auto": Numba CPU / numba.cuda kernels; "reference": plain numpy.
+    method : {"auto", "reference", "cuda"}
+        "auto": Numba CPU for numpy, numba.cuda for cupy; "reference": plain
+        numpy; "cuda": numba.cuda kernels on numpy arrays too.
 
     Returns
     -------
@@ -95,8 +103,8 @@ def hu_stats(x: Any, mask: Any, *, spacing: float | tuple[float, float] | None =
     if mask_kind != kind and not (kind == "dask" and mask_kind == "numpy"):
         raise TypeError(f"mask must be an array of the same kind as x ({kind}), "
                         f"got {type(mask).__name__}")
-    dt = np.dtype(x.dtype)
-    if dt.kind not in "ui" or dt.itemsize > 2:
+    inp = kernel_input(x, units=units, slope=slope, intercept=intercept, method=method)
+    if np.dtype(inp.stack.dtype).itemsize > 2:
         raise TypeError(f"x must hold 8- or 16-bit raw integers, got dtype {x.dtype}")
     if np.dtype(mask.dtype) not in (np.dtype(np.uint8), np.dtype(np.bool_)):
         raise TypeError(f"mask must be uint8 or bool, got dtype {mask.dtype}")
@@ -105,18 +113,8 @@ def hu_stats(x: Any, mask: Any, *, spacing: float | tuple[float, float] | None =
     if mask_kind != kind:
         import dask.array as da
         mask = da.from_array(mask, chunks=x.chunks)
-    if spacing is not None:
-        spacing_pair(spacing)  # validate before any work
-    slope, intercept = float(slope), float(intercept)
-    if not (math.isfinite(slope) and slope > 0):
-        raise ValueError(f"slope must be finite and > 0, got {slope!r}")
-    if not math.isfinite(intercept):
-        raise ValueError(f"intercept must be finite, got {intercept!r}")
-    if method not in ("auto", "reference"):
-        raise ValueError(f"method must be 'auto' or 'reference', got {method!r}")
-    if method == "reference" and chunk_kind(x) != "numpy":
-        raise TypeError("method='reference' needs numpy arrays or numpy-backed dask arrays")
-    x3, was_2d = as_stack(x)
+    spacing = spacing_pair(spacing)
+    x3, was_2d, slope, intercept = inp.stack, inp.was_2d, inp.slope, inp.intercept
     m3 = as_stack(mask, name="mask")[0]
     if kind == "dask":
         counts, stats, hists = _dask_stats(x3, m3, slope, intercept, method)
@@ -135,17 +133,17 @@ def _area(counts: Any, spacing: Any) -> Any:
     """count * spacing_y * spacing_x (float64), NaN without spacing."""
     if spacing is None:
         return counts * math.nan
-    sy, sx = spacing_pair(spacing)
+    sy, sx = spacing
     return counts * sy * sx
 
 
 def _block_stats(x: Any, mask: Any, slope: float, intercept: float,
                  method: str) -> tuple[Any, Any, Any]:
     """(counts, stats, hists) of one (z, y, x) numpy or cupy block."""
-    if array_kind(x) == "cupy":
-        import cupy as cp
-        return _cuda_block_stats(x, mask, slope, intercept, cp)
-    if method == "reference":
+    backend, xp = block_backend(x, method)
+    if backend == "cuda":
+        return _cuda_block_stats(x, mask, slope, intercept, xp)
+    if backend == "reference":
         return _ref.hu_stats(x, mask, slope, intercept)
     from . import _stats_cpu as cpu
     offset, nbins, qs = _raw_layout(x.dtype)
