@@ -1,13 +1,11 @@
 """Lung mask: Numba kernel identical to the scipy reference; accuracy on phantoms, a drawn scene and real CT."""
 from __future__ import annotations
 
-import doctest
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from ctengine.kernels import lung as lung_module
 from ctengine.kernels._lung_cpu import lung_mask_stack
 from ctengine.kernels import _lung_volume_cpu as volume_cpu
 from ctengine.kernels import _lung_volume_reference as volume_reference
@@ -354,9 +352,6 @@ def test_wrong_kind_and_options():
     with pytest.raises(ValueError, match="method"):
         lung_mask(x, method="fast")
 
-
-def test_docstring_examples():
-    assert doctest.testmod(lung_module).failed == 0
 
 
 def test_thresholds_follow_slope_and_intercept():
