@@ -163,11 +163,11 @@ def _sim_stats(x: np.ndarray, mask: np.ndarray, slope: float, intercept: float) 
     return out["count"], np.stack([out[k] for k in FLOAT_COLUMNS], axis=1), out["histogram"]
 
 
-def _sim_lung(x: np.ndarray, opts: dict[str, Any]) -> np.ndarray:
-    from ctengine.kernels import lung_mask
+def _sim_call(kernel: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+    import ctengine.kernels
 
-    return lung_mask(x, method="cuda", **opts)
+    return getattr(ctengine.kernels, kernel)(*args, method="cuda", **kwargs)
 
 
 _SIM_RUNNERS = {"normalize": _sim_normalize, "dark": _sim_dark, "area": _sim_area,
-                "stats": _sim_stats, "lung": _sim_lung}
+                "stats": _sim_stats, "call": _sim_call}
