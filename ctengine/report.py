@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from pathlib import Path
@@ -13,25 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .constants import LUNG_WINDOW_HU, SELECTION_COLS, SELECTION_ROWS
+from .figures import figure, png_bytes
 from .store import Store, open_store
-
-
-def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height), dpi=100)
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def _lung_window(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
@@ -42,14 +24,13 @@ def _lung_window(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
 
 def montage_png(opened: Store, patient: str, series: str, *, count: int = 8) -> bytes:
     """Lung-window slices of one series with the lung masks outlined (right red, left blue)."""
-    import matplotlib.pyplot as plt
-
     attrs = opened.series_attrs(patient, series)
     slope, intercept = opened.rescale(patient, series)
     raw = opened.raw(patient, series)[:]
     mask = opened.lung_mask(patient, series)[:]
     picks = np.linspace(0, len(raw) - 1, min(count, len(raw))).round().astype(int)
-    fig, axes = plt.subplots(2, (len(picks) + 1) // 2, figsize=(2.4 * ((len(picks) + 1) // 2), 5), dpi=100)
+    cols = (len(picks) + 1) // 2
+    fig, axes = figure(2.4 * cols, 5, rows=2, cols=cols)
     for ax, z in zip(np.ravel(axes), picks):
         ax.imshow(_lung_window(raw[z], slope, intercept), cmap="gray")
         for value, colour in ((1, "#e5533c"), (2, "#3c78e5")):
@@ -60,7 +41,7 @@ def montage_png(opened: Store, patient: str, series: str, *, count: int = 8) -> 
     for ax in np.ravel(axes)[len(picks):]:
         ax.axis("off")
     fig.suptitle(f"{patient}/{series}: lung window, lung masks (right red, left blue)", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def selection_png(opened: Store, patient: str, series: str) -> bytes:
@@ -68,7 +49,7 @@ def selection_png(opened: Store, patient: str, series: str) -> bytes:
     rows = opened.catalog.query("patient == @patient and series == @series").sort_values("z")
     counts, keep = rows["dark_count"].to_numpy(), rows["selected"].to_numpy(bool)
     threshold = (counts.max() - counts.min()) / 1.5
-    fig, ax = _figure(7, 3)
+    fig, ax = figure(7, 3)
     ax.bar(rows["instance"], counts, color=np.where(keep, "#2a9d8f", "#bbbbbb"))
     ax.axhline(threshold, color="#e76f51", linestyle="--", label=f"threshold (max - min) / 1.5 = {threshold:.0f}")
     ax.set_xlabel("instance (superior -> inferior)")
@@ -76,15 +57,13 @@ def selection_png(opened: Store, patient: str, series: str) -> bytes:
                   f"cols {SELECTION_COLS.start}..{SELECTION_COLS.stop - 1}", fontsize=7)
     ax.set_title(f"CT selection of {patient}/{series}: {keep.sum()} of {len(keep)} slices kept", fontsize=10)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def distributions_png(slices: pd.DataFrame) -> bytes:
     """Per-slice HU features of selected slices, COVID vs normal patients."""
-    import matplotlib.pyplot as plt
-
     data = slices[(slices["selected"]) & (slices["count"] > 0)]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), dpi=100)
+    fig, axes = figure(12, 3.2, cols=3)
     for ax, column, title in zip(axes, ("mean", "opacity_pct", "frac_ground_glass"),
                                  ("mean HU in the lung", "opacity (% of lung, -700..+50 HU)", "ground-glass fraction")):
         for label, colour in (("normal", "#3c78e5"), ("covid", "#e5533c")):
@@ -94,11 +73,11 @@ def distributions_png(slices: pd.DataFrame) -> bytes:
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle("HU features of selected slices by patient label", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def training_png(history: list[dict[str, float]]) -> bytes:
-    fig, ax = _figure(5, 3)
+    fig, ax = figure(5, 3)
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["loss"] for h in history], "o-", label="training loss")
     ax.plot(epochs, [h["accuracy"] for h in history], "s-", label="training accuracy")
@@ -107,7 +86,7 @@ def training_png(history: list[dict[str, float]]) -> bytes:
     ax.set_xlabel("epoch")
     ax.set_title("training curve", fontsize=10)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _img(data: bytes, alt: str) -> str:

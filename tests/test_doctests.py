@@ -25,7 +25,7 @@ MODULES = _modules_with_examples()
 
 def test_the_kernels_document_themselves():
     assert {"ctengine.kernels.lung", "ctengine.kernels.selection", "ctengine.kernels.stats",
-            "ctengine.kernels.normalize", "ctengine.kernels._validate"} <= set(MODULES)
+            "ctengine.kernels.normalization", "ctengine.kernels._validate"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -108,7 +108,7 @@ def test_normalize_max_matches_dataset_viewer():
 
 @pytest.mark.parametrize("mode", ["max", "fixed", "window"])
 def test_normalize_matches_array_reference(mode):
-    ref = pytest.importorskip("ctengine.kernels.normalize")
+    ref = pytest.importorskip("ctengine.kernels.normalization")
     rng = np.random.default_rng(2)
     raw = rng.integers(0, 5000, size=(4, 32, 32), dtype=np.uint16)
     raw[1] = 0

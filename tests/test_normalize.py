@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kernel_cases as kc
-from ctengine.kernels.normalize import RunningMoments, normalize
+from ctengine.kernels.normalization import RunningMoments, normalize
 
 BACKENDS = ["reference", "cpu", "dask", "cuda-sim"]
 

@@ -81,12 +81,9 @@ def save(name: str, result: dict, out_dir: Path) -> Path:
 
 def plot(summary: dict[str, float], path: Path) -> None:
     """Horizontal bars of the ratios on a log scale, 1x marked."""
-    import matplotlib
+    from ..figures import figure, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(summary) + 1), dpi=100)
+    fig, ax = figure(7, 0.45 * len(summary) + 1)
     names = list(summary)
     ax.barh(names, [summary[n] for n in names], color="#2a9d8f")
     ax.axvline(1.0, color="#444", linewidth=0.8)
@@ -94,8 +91,7 @@ def plot(summary: dict[str, float], path: Path) -> None:
         ax.text(summary[name], y, f" {summary[name]:.2f}x", va="center", fontsize=8)
     ax.set_xscale("log")
     ax.set_title("ctengine / baseline, same run (higher is better)", fontsize=10)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def update_results_md(path: Path, summary: dict[str, float], results: dict[str, dict]) -> None:

@@ -56,7 +56,7 @@ def series_features(raw: Any, *, spacing: tuple[float, float] | None, slope: flo
 
     selection = select_slices(raw)
     mask = lung_mask(raw, spacing=spacing, slope=slope, intercept=intercept)
-    by_area = select_slices_by_lung_area(mask, spacing_mm=spacing) if spacing else None
+    by_area = select_slices_by_lung_area(mask, spacing=spacing) if spacing else None
     stats = hu_stats(raw, mask, spacing=spacing, slope=slope, intercept=intercept)
     table = stats_to_frame(_to_host(stats))
     table.insert(0, "dark_count", _to_host(selection.counts))

@@ -9,7 +9,7 @@ and None always means unknown.
 """
 from ._validate import METHODS, UNITS, SpacingUnknownWarning, nominal_spacing
 from .lung import lung_mask
-from .normalize import MODES, WINDOW_PRESETS, RunningMoments, normalize
+from .normalization import MODES, WINDOW_PRESETS, RunningMoments, normalize
 from .selection import LungAreaSelection, Selection, select_slices, select_slices_by_lung_area, selection_region
 from .stats import STAT_COLUMNS, hu_hist_edges, hu_stats
 

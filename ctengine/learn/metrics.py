@@ -26,6 +26,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from ..constants import CLASS_NAMES, LABELS, PATIENT_COVID_FRACTION
+from ..figures import figure, save_png
 
 __all__ = ["as_labels", "confusion_matrix", "image_metrics", "mean_over_folds", "metrics_markdown",
            "patient_decisions", "patient_table", "plot_confusion_matrix", "plot_roc", "roc_auc",
@@ -322,22 +323,13 @@ def metrics_markdown(metrics: Mapping[str, float], *, title: str | None = None) 
     return "\n".join(lines)
 
 
-def _figure(size: tuple[float, float]) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_confusion_matrix(cm: Any, path: str | os.PathLike, *, labels: Sequence[str] = LABELS,
                           title: str | None = None) -> Path:
     """Write a confusion matrix (rows true, columns predicted) as a PNG; return the path."""
     cm = np.asarray(cm)
     if cm.shape != (len(labels), len(labels)):
         raise ValueError(f"cm must be {len(labels)}x{len(labels)}, got shape {cm.shape}")
-    fig = _figure((4.2, 3.6))
-    ax = fig.add_subplot()
+    fig, ax = figure(4.2, 3.6)
     ax.imshow(cm, cmap="Blues")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
@@ -350,8 +342,7 @@ def plot_confusion_matrix(cm: Any, path: str | os.PathLike, *, labels: Sequence[
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(Path(path), format="png")
-    return Path(path)
+    return save_png(fig, path)
 
 
 def plot_roc(y_true: Any, scores: Any, path: str | os.PathLike, *, positive: str = "covid",
@@ -359,8 +350,7 @@ def plot_roc(y_true: Any, scores: Any, path: str | os.PathLike, *, positive: str
     """Write the ROC curve (with its AUC in the legend) as a PNG; return the path."""
     fpr, tpr, _ = roc_curve(y_true, scores, positive=positive)
     auc = roc_auc(y_true, scores, positive=positive)
-    fig = _figure((4.2, 4.0))
-    ax = fig.add_subplot()
+    fig, ax = figure(4.2, 4.0)
     ax.plot(fpr, tpr, lw=1.5, label=f"AUC = {auc:.4f}" if not math.isnan(auc) else "AUC n/a")
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
     ax.set_xlim(0, 1)
@@ -371,5 +361,4 @@ def plot_roc(y_true: Any, scores: Any, path: str | os.PathLike, *, positive: str
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(Path(path), format="png")
-    return Path(path)
+    return save_png(fig, path)

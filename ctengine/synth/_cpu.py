@@ -13,30 +13,10 @@ import numpy as np
 from numba import njit
 
 from ._reference import (AMAX, CAPSULE, CLIP, CX, CY, EDGE, ELLIPSE, GRADY, HA, HB, HCX, HCY, KEEP, KIND, LABEL,
-                         LESION, MAX, OP, OX, OY, P0, P1, P2, P3, SET, STEX, VALUE, VTEX)
+                         LESION, MAX, OP, OX, OY, P0, P1, P2, P3, SET, STEX, VALUE, VTEX, bbox)
 
 
-@njit(cache=True, nogil=True)
-def _bbox(p, h, w):
-    kind = int(p[KIND])
-    pad = p[EDGE] + 1.0
-    if kind == ELLIPSE:
-        r = max(p[P0], p[P1]) * math.sqrt(1.0 + abs(p[STEX])) + pad
-        ya, yb, xa, xb = p[CY] - r, p[CY] + r, p[CX] - r, p[CX] + r
-    elif kind == CAPSULE:
-        r = p[P2] + pad
-        ya, yb = min(p[CY], p[P1]) - r, max(p[CY], p[P1]) + r
-        xa, xb = min(p[CX], p[P0]) - r, max(p[CX], p[P0]) + r
-    else:
-        hw = p[P2]
-        ya = p[CY] + math.sqrt(max(p[P0] * p[P0] - hw * hw, 0.0)) - pad
-        yb = p[CY] + p[P1] + pad
-        xa, xb = p[CX] - hw - pad, p[CX] + hw + pad
-    y0 = min(max(int(math.floor(ya)), 0), h)
-    y1 = min(max(int(math.ceil(yb)) + 1, 0), h)
-    x0 = min(max(int(math.floor(xa)), 0), w)
-    x1 = min(max(int(math.ceil(xb)) + 1, 0), w)
-    return y0, y1, x0, x1
+_bbox = njit(cache=True, nogil=True)(bbox)
 
 
 @njit(cache=True, nogil=True)

@@ -17,6 +17,8 @@ painted only where the current label is allowed by the bit mask CLIP (0: any).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # primitive kinds
@@ -37,13 +39,13 @@ NCOL = 23
 #          only the part below the centre (larger y) is drawn
 
 
-def prim_bbox(p: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Pixel box (y0, y1, x0, x1), end exclusive, that holds every pixel primitive ``p`` can touch."""
-    h, w = shape
+def bbox(p: np.ndarray, h: int, w: int) -> tuple[int, int, int, int]:
+    """Pixel box (y0, y1, x0, x1), end exclusive, of an h x w image that holds every pixel primitive
+    ``p`` can touch. Plain Python on scalars: the Numba renderer compiles this same function."""
     kind = int(p[KIND])
     pad = p[EDGE] + 1.0
     if kind == ELLIPSE:
-        r = max(p[P0], p[P1]) * np.sqrt(1.0 + abs(p[STEX])) + pad
+        r = max(p[P0], p[P1]) * math.sqrt(1.0 + abs(p[STEX])) + pad
         ya, yb, xa, xb = p[CY] - r, p[CY] + r, p[CX] - r, p[CX] + r
     elif kind == CAPSULE:
         r = p[P2] + pad
@@ -51,13 +53,13 @@ def prim_bbox(p: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int
         xa, xb = min(p[CX], p[P0]) - r, max(p[CX], p[P0]) + r
     else:
         hw = p[P2]
-        ya = p[CY] + np.sqrt(max(p[P0] * p[P0] - hw * hw, 0.0)) - pad
+        ya = p[CY] + math.sqrt(max(p[P0] * p[P0] - hw * hw, 0.0)) - pad
         yb = p[CY] + p[P1] + pad
         xa, xb = p[CX] - hw - pad, p[CX] + hw + pad
-    y0 = min(max(int(np.floor(ya)), 0), h)
-    y1 = min(max(int(np.ceil(yb)) + 1, 0), h)
-    x0 = min(max(int(np.floor(xa)), 0), w)
-    x1 = min(max(int(np.ceil(xb)) + 1, 0), w)
+    y0 = min(max(int(math.floor(ya)), 0), h)
+    y1 = min(max(int(math.ceil(yb)) + 1, 0), h)
+    x0 = min(max(int(math.floor(xa)), 0), w)
+    x1 = min(max(int(math.ceil(xb)) + 1, 0), w)
     return y0, y1, x0, x1
 
 
@@ -102,7 +104,7 @@ def paint(hu: np.ndarray, lab: np.ndarray, les: np.ndarray, prims: np.ndarray, t
     a primitive reads it at offset (OY, OX), which must keep the slice inside the bank.
     """
     for p in prims:
-        y0, y1, x0, x1 = prim_bbox(p, hu.shape)
+        y0, y1, x0, x1 = bbox(p, *hu.shape)
         if y0 >= y1 or x0 >= x1:
             continue
         yy = np.arange(y0, y1, dtype=np.float64)[:, None]
