@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from numba import config, cuda
 
+from . import _lung_gpu_closing as C
 from . import _lung_gpu_kernels as K
 from ._lung_params import LungParams
 
@@ -84,12 +85,12 @@ def lung_mask_cuda(stack: Any, p: LungParams, out: Any, stream: Any = 0) -> Any:
     run(K.merge2, n, lab_a, lab_b, h, w)
     run(K.flatten2, n, lab_a, lab_b, stack, p.t_soft, *s)
     run(K.fill, n, lung, lab_a, lab_b, *s, p.hole_px, fb)
-    run(K.lateral_limits, nz * h, fb, h, w, lim1, lim2)
+    run(C.lateral_limits, nz * h, fb, h, w, lim1, lim2)
     # closing of F_k in the padded frame
-    run(K.dilate_x, npad, fb, h, w, p.ry, p.rx, pad_a)
-    run(K.dilate_y, npad, pad_a, p.ry, pad_b)
-    run(K.erode_y, npad, pad_b, p.ry, pad_a)
-    run(K.erode_x, npad, pad_a, p.rx, pad_b)
+    run(C.dilate_x, npad, fb, h, w, p.ry, p.rx, pad_a)
+    run(C.dilate_y, npad, pad_a, p.ry, pad_b)
+    run(C.erode_y, npad, pad_b, p.ry, pad_a)
+    run(C.erode_x, npad, pad_a, p.rx, pad_b)
     # additions of the closing, minus tissue components; G_k and its holes
     run(K.additions, n, fb, pad_b, lim1, lim2, h, w, p.ry, p.rx, lab_c, lab_d, *t)
     run(K.merge2, n, lab_c, lab_d, h, w)
