@@ -12,16 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._anatomy import Anatomy, smoothstep
-from ._reference import BAND, CAPSULE, ELLIPSE, KEEP, MAX, NCOL, SET
+from ._reference import BAND, CAPSULE, ELLIPSE, KEEP, NCOL, SET
 
-# tissue labels used while painting
-AIR, BODY, CAVITY, LUNG_R, LUNG_L, MEDIAST, AIRWAY, GAS, BONE, ORGAN, TABLE, PAD, FLUID = range(13)
-LUNGS = (1 << LUNG_R) | (1 << LUNG_L)
-INNER = (1 << CAVITY) | LUNGS | (1 << MEDIAST)
-
-#: HU of the materials
-HU_AIR, HU_FAT, HU_MUSCLE, HU_BLOOD, HU_LIVER, HU_LUNG = -1000.0, -95.0, 48.0, 40.0, 58.0, -845.0
-HU_CORTEX, HU_MARROW, HU_CARTILAGE = 1150.0, 270.0, 120.0
+from . import _scene_organs as organs
+from ._tissues import (AIR, AIRWAY, BODY, BONE, CAVITY, HU_AIR, HU_BLOOD, HU_CARTILAGE, HU_CORTEX, HU_FAT,
+                       HU_LUNG, HU_MARROW, HU_MUSCLE, INNER, LUNG_L, LUNG_R, MEDIAST, PAD, TABLE)
 
 
 @dataclass(frozen=True)
@@ -188,11 +183,11 @@ def slice_prims(an: Anatomy, g: Geometry, z0: float, z1: float) -> np.ndarray:
                        stex=0.03, oy=37 * side, ox=91 * side)
     _mediastinum(bd, an, t, yc, ac, bc, yv, rv, zc, lungs)
     _spine(bd, an, zc, t, yv, rv)
-    _abdomen(bd, an, t, zc, yc, ac, bc)
+    organs.abdomen(bd, an, t, zc, yc, ac, bc)
     if lungs:
-        _lesions(bd, an, z0, z1, lungs)
-        _vessels(bd, an, z0, z1, t, lungs)
-    _cables(bd, an, zc, yb, a, b)
+        organs.lesions(bd, an, z0, z1, lungs)
+        organs.vessels(bd, an, z0, z1, t, lungs)
+    organs.cables(bd, an, zc, yb, a, b)
     return bd.table()
 
 
@@ -340,107 +335,3 @@ def _spine(bd: Builder, an: Anatomy, zc: float, t: float, yv: float, rv: float) 
         yc_c = an.cavity(t)[0]
         bd.ellipse(0.0, yc_c - bc - 3.0, 16.0, 6.5, HU_CORTEX - 300.0, label=BONE)
         bd.ellipse(0.0, yc_c - bc - 3.0, 13.5, 4.2, HU_MARROW, clip=1 << BONE, vtex=30.0)
-
-
-def _abdomen(bd: Builder, an: Anatomy, t: float, zc: float, yc: float, ac: float, bc: float) -> None:
-    """Diaphragm domes (liver right, spleen and stomach left) rising into the lung bases, bowel gas."""
-    clip = INNER | (1 << ORGAN)
-    gr = smoothstep(an.t_dome[0], an.t_bottom, t) ** 0.6
-    if gr > 0.0:
-        cx, cy, ax, ay = an.lung_ellipse(0.5 * (an.t_apex + an.t_bottom), 0)
-        bd.ellipse(cx * 0.8, yc - 0.15 * bc, gr * 0.85 * ac, gr * 1.1 * bc, HU_LIVER, clip=clip, label=ORGAN,
-                   vtex=8.0, stex=0.02)
-    gl = smoothstep(an.t_dome[1], an.t_bottom + 0.03, t) ** 0.6
-    if gl > 0.0:
-        cx = an.lung_ellipse(0.5, 1)[0]
-        bd.ellipse(cx * 0.85, yc + 0.05 * bc, gl * 0.7 * ac, gl * 1.05 * bc, 35.0, clip=clip, label=ORGAN,
-                   vtex=8.0)
-        bd.ellipse(0.55 * ac, yc + 0.45 * bc, gl * 0.22 * ac, gl * 0.35 * bc, 48.0, clip=clip, label=ORGAN,
-                   rot=0.5)
-        if gl > 0.35:
-            _dome_gas(bd, an, zc, cx * 0.85, yc + 0.05 * bc, gl * 0.7 * ac, gl * 1.05 * bc)
-    for x, y, g0, g1, ga, gb in an.gas:
-        if g0 <= zc <= g1:
-            f = math.sin(math.pi * (zc - g0) / (g1 - g0)) ** 0.5
-            bd.ellipse(x, y, ga * f, gb * f, HU_AIR + 20.0, clip=clip | (1 << GAS), label=GAS, stex=0.35,
-                       oy=x * 3.0, ox=y * 5.0)
-
-
-def _dome_gas(bd: Builder, an: Anatomy, zc: float, ox: float, oy: float, oa: float, ob: float) -> None:
-    """Stomach gas bubble (with a flat air-fluid level: the patient lies supine) and bowel gas pockets
-    under the left dome, inside its organ ellipse (ox, oy, oa, ob) with a rim of at least a fifth of
-    it, so that tissue (diaphragm, stomach wall) always lies between the gas and the lung base."""
-    s0, s1, sa, sb, sx = an.stomach
-    if s0 < zc < s1:
-        f = math.sin(math.pi * (zc - s0) / (s1 - s0)) ** 0.5
-        ga, gb = min(f * sa, 0.5 * oa), min(f * sb, 0.42 * ob)
-        if min(ga, gb) > 3.0:
-            x, y = ox + 0.12 * sx * oa, oy - 0.3 * ob
-            bd.ellipse(x, y, ga, gb, HU_AIR, clip=1 << ORGAN, label=GAS)
-            level = y + 0.3 * gb   # gastric fluid below the level
-            bd.capsule(x - ga, level + gb, x + ga, level + gb, gb, 12.0, clip=1 << GAS, label=FLUID)
-    for u, v, g0, g1, k in an.dome_gas:
-        if g0 < zc < g1:
-            f = math.sin(math.pi * (zc - g0) / (g1 - g0)) ** 0.5
-            ga, gb = min(f * k * oa, 14.0), min(f * k * ob, 12.0)
-            if min(ga, gb) > 2.0:
-                bd.ellipse(ox + u * oa, oy + v * ob, ga, gb, HU_AIR + 20.0, clip=1 << ORGAN, label=GAS,
-                           stex=0.2, oy=u * 40.0, ox=v * 40.0)
-
-
-def _lung_map(lungs, side: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lung-normalised (u, v) -> mm at this slice; also the lung half width (for scaling radii)."""
-    cx = np.where(side == 0, lungs[0][0], lungs[1][0])
-    cy = np.where(side == 0, lungs[0][1], lungs[1][1])
-    ax = np.where(side == 0, lungs[0][2], lungs[1][2])
-    ay = np.where(side == 0, lungs[0][3], lungs[1][3])
-    return cx + u * ax, cy + v * ay, ax
-
-
-def _vessels(bd: Builder, an: Anatomy, z0: float, z1: float, t: float, lungs) -> None:
-    v = an.vessels
-    za, zb = v[:, 3], v[:, 6]
-    lo, hi = np.minimum(za, zb), np.maximum(za, zb)
-    hit = (hi >= z0) & (lo <= z1)
-    if not hit.any():
-        return
-    v, za, zb = v[hit], za[hit], zb[hit]
-    dz = zb - za
-    flat = np.abs(dz) < 1e-6
-    dzs = np.where(flat, 1.0, dz)
-    ta = np.where(flat, 0.0, np.clip((z0 - za) / dzs, 0.0, 1.0))
-    tb = np.where(flat, 1.0, np.clip((z1 - za) / dzs, 0.0, 1.0))
-    t0, t1 = np.minimum(ta, tb), np.maximum(ta, tb)
-    side = v[:, 0].astype(np.int64)
-    u0 = v[:, 1] + t0 * (v[:, 4] - v[:, 1])
-    v0 = v[:, 2] + t0 * (v[:, 5] - v[:, 2])
-    u1 = v[:, 1] + t1 * (v[:, 4] - v[:, 1])
-    v1 = v[:, 2] + t1 * (v[:, 5] - v[:, 2])
-    x0, y0, _ = _lung_map(lungs, side, u0, v0)
-    x1, y1, _ = _lung_map(lungs, side, u1, v1)
-    r = v[:, 7] * (0.55 + 0.45 * an.lung_open(t))
-    amax = np.minimum(1.0, 0.45 + 1.4 * r / max(z1 - z0, 0.5))
-    bd.capsules(np.stack([x0, y0, x1, y1], axis=1), r, HU_BLOOD, op=MAX, clip=LUNGS, amax=amax)
-
-
-def _lesions(bd: Builder, an: Anatomy, z0: float, z1: float, lungs) -> None:
-    les = an.lesions
-    if les.z.size == 0:
-        return
-    dz = np.maximum(np.maximum(les.z - z1, z0 - les.z), 0.0)
-    k = np.sqrt(np.clip(1.0 - (dz / les.rz) ** 2, 0.0, 1.0))
-    x, y, ax = _lung_map(lungs, les.side, les.u, les.v)
-    scale = np.clip(ax / max(lungs[0][2], lungs[1][2], 1e-3), 0.6, 1.0)
-    for i in np.flatnonzero(k > 0.3):
-        f = k[i] * scale[i]
-        bd.ellipse(x[i], y[i], les.rx[i] * f, les.ry[i] * f, les.value[i], rot=les.rot[i], clip=LUNGS,
-                   lesion=1, stex=les.stex[i], vtex=les.vtex[i], oy=les.oy[i], ox=les.ox[i])
-
-
-def _cables(bd: Builder, an: Anatomy, zc: float, yb: float, a: float, b: float) -> None:
-    for ang, c0, c1 in an.cables:
-        if c0 <= zc <= c1:
-            phi = ang + 0.002 * (zc - c0)
-            x, y = (a + 3.0) * math.sin(phi), yb + (b + 3.0) * math.cos(phi)
-            bd.ellipse(x, y, 2.3, 2.3, 90.0)
-            bd.ellipse(x, y, 0.7, 0.7, 2600.0)

@@ -24,7 +24,8 @@ from scipy import ndimage
 from ..constants import HU_OFFSET, RAW_DTYPE, SLICE_SHAPE
 from . import _cpu, _reference
 from ._anatomy import Anatomy, make_anatomy
-from ._scene import AIR, LUNG_L, LUNG_R, Geometry, background_prims, slice_prims
+from ._scene import Geometry, background_prims, slice_prims
+from ._tissues import AIR, LUNG_L, LUNG_R
 
 __all__ = ["KERNEL_NOISE_HU", "Phantom", "noise_sigma", "render_series", "warm_up"]
 
