@@ -174,18 +174,28 @@ def test_second_ingest_into_a_busy_store_is_refused(tree, tmp_path, client):
             ingest(src, tmp_path / "s.zarr", client)
 
 
-def test_cli_strict_and_json(tree, tmp_path, client):
-    src, _ = tree
+def test_cli_strict_and_json(tmp_path, client):
+    src = tmp_path / "src"
+    make_tree(src, shape=(512, 512), series_spec=(("normal1", "patient2", "SR_2", 2),))
     (src / "COVID-CTset/normal1/patient2/SR_2/IM00099.tif").write_bytes(b"")
     address = client.scheduler.address
     runner = CliRunner()
     result = runner.invoke(main, ["ingest", str(src), "--store", str(tmp_path / "s.zarr"), "--json",
                                   "--scheduler", address])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["slices"] == 0  # 64x64 slices are refused by the CLI's 512x512 shape
+    assert json.loads(result.stdout)["slices"] == 2
     result = runner.invoke(main, ["ingest", str(src), "--store", str(tmp_path / "t.zarr"), "--strict",
                                   "--scheduler", address])
     assert result.exit_code == 1
+
+
+def test_cli_exits_1_with_one_line_when_nothing_is_stored(tree, tmp_path, client):
+    src, _ = tree  # 64 x 64 slices: all refused by the CLI's 512 x 512 shape
+    result = CliRunner().invoke(main, ["ingest", str(src), "--store", str(tmp_path / "s.zarr"),
+                                       "--scheduler", client.scheduler.address])
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "nothing ingested" in errors[0] and "Traceback" not in result.output
 
 
 #: runs the ``ctengine`` command with one change on the workers: the series that reaches
