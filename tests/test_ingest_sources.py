@@ -162,3 +162,62 @@ def test_cli_summary_counts_entries(tmp_path, client):
                                        "--scheduler", client.scheduler.address])
     assert result.exit_code == 0, result.output
     assert "entries: 2 stored, 0 quarantined, 1 skipped" in result.stdout.splitlines()
+
+
+# ---------------------------------------------------------------- metadata found, or its absence said
+
+
+def test_synth_csvs_one_level_up_are_found(tmp_path, client):
+    from ctengine.synth import write_cohort
+
+    out = tmp_path / "cohort"
+    write_cohort(out, patients=2, slices_per_series=4, seed=1, progress=False, workers=1)
+    report = ctengine.ingest([out / "COVID-CTset"], tmp_path / "s.zarr", client=client, progress=False)
+    assert report.metadata["details"] == [str(out / "Patient_details.csv")]
+    assert report.metadata["metadata"] == [str(out / "Patients_metadata.csv")]
+    assert str(out / "CSV" / "all.csv") in report.metadata["labels"]
+    assert report.series_spacing_unknown == report.series_thickness_unknown == 0
+    array = ctengine.open_store(tmp_path / "s.zarr").series("patient1", "SR_2")
+    assert array["x"].attrs["units"] == "mm" and 0.5 < float(array["x"][1]) < 0.9
+
+
+def test_unknown_spacing_and_thickness_are_recorded_as_unknown(tree, tmp_path, client):
+    report = ingest([tree[0]], tmp_path / "s.zarr", client)
+    assert report.series == report.series_spacing_unknown == report.series_thickness_unknown == 4
+    attrs = ctengine.open_store(tmp_path / "s.zarr").series_attrs("patient2", "SR_2")
+    assert attrs["spacing_mm"] == attrs["thickness_mm"] == "unknown"
+
+
+def test_series_coordinates_stay_in_pixels_with_the_reason(tree, tmp_path, client):
+    ingest([tree[0]], tmp_path / "s.zarr", client)
+    array = ctengine.open_store(tmp_path / "s.zarr").series("patient2", "SR_2")
+    assert array["y"].values.tolist() == list(range(SMALL[0])) and array["y"].attrs["units"] == "pixel"
+    assert "spacing unknown" in array["x"].attrs["note"] and "z_mm" not in array.coords
+
+
+def test_info_counts_series_without_spacing(tree, tmp_path, client):
+    ingest([tree[0]], tmp_path / "s.zarr", client)
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 0, result.output
+    assert '  pixel spacing unknown for 4 of 4 series (recorded as "unknown")' in result.stdout.splitlines()
+
+
+def test_cli_says_when_metadata_is_missing(tmp_path, client):
+    make_tree(tmp_path / "src", shape=(512, 512), series_spec=(("normal1", "patient2", "SR_2", 2),))
+    result = CliRunner().invoke(main, ["ingest", str(tmp_path / "src"), "--store", str(tmp_path / "s.zarr"),
+                                       "--scheduler", client.scheduler.address])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "metadata: Patient_details.csv: not found; Patients_metadata.csv: not found; label CSVs: not found" in lines
+    assert any(line.startswith("pixel spacing unknown for 1 of 1 series") for line in lines)
+
+
+def test_metadata_given_later_updates_the_series_attributes(tree, tmp_path, client):
+    src, _ = tree
+    ingest([src], tmp_path / "s.zarr", client)
+    meta = tmp_path / "meta" / "Patients_metadata.csv"
+    meta.parent.mkdir()
+    meta.write_text("Patient ID,SR_2 PixelSpacing,SR_2 SliceThickness\npatient2,\"[0.75, 0.7]\",5\n")
+    report = ingest([src], tmp_path / "s.zarr", client, metadata=str(meta))
+    attrs = ctengine.open_store(tmp_path / "s.zarr").series_attrs("patient2", "SR_2")
+    assert report.series_written == 0 and attrs["spacing_mm"] == [0.75, 0.7] and attrs["thickness_mm"] == 5.0
