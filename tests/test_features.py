@@ -84,3 +84,12 @@ def test_a_second_ingest_keeps_the_selection(store, client):
     assert report.nothing_written
     assert after["selected"].tolist() == before["selected"].tolist()
     assert ctengine.open_store(store).lung_mask("patient1", "SR_2").dtype == np.uint8
+
+
+def test_series_without_spacing_are_listed_in_the_report(tmp_path, client):
+    from conftest import make_tree
+
+    make_tree(tmp_path / "src", shape=(512, 512), series_spec=(("normal1", "patient2", "SR_2", 4),))
+    ctengine.ingest([tmp_path / "src"], tmp_path / "s.zarr", client=client, progress=False)
+    report = compute_features(tmp_path / "s.zarr", client=client, progress=False)
+    assert not report.failed_series and report.spacing_unknown == ["patient2/SR_2"]
