@@ -145,57 +145,86 @@ def walk(sources: Iterable[str | os.PathLike]) -> Walk:
     FileNotFoundError
         For a source that does not exist (a dangling link given as a source included).
     """
-    result = Walk()
-    seen: dict[tuple[int, int], str] = {}
-    files: list[tuple[str, int]] = []
+    walker = _Walker()
     for source in sources:
         path = os.path.abspath(os.fspath(source))
         if not os.path.exists(path):
             raise FileNotFoundError(f"source {path!r} does not exist")
-        if os.path.isdir(path):
-            result.folders.append(path)
-        result.around.append(os.path.dirname(path))
-        stack = [path] if _entry(path, result, seen, files) else []
+        walker.walk(path)
+    _classify(walker.files, walker.result)
+    return walker.result
+
+
+def printable(path: str) -> str:
+    """A path as valid UTF-8 text: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+class _Walker:
+    """The state of one walk: what was found, the folders walked (by device and inode) and the source roots."""
+
+    def __init__(self) -> None:
+        self.result = Walk()
+        self.seen: dict[tuple[int, int], str] = {}
+        self.files: list[tuple[str, int]] = []
+        self.roots: list[str] = []
+
+    def walk(self, source: str) -> None:
+        """Sort a source and, for a folder, everything under it (depth first, names in order)."""
+        if printable(source) == source:
+            self.result.around.append(os.path.dirname(source))
+            self.roots.append(os.path.realpath(source).rstrip(os.sep) + os.sep)
+        stack = [source] if self.entry(source) else []
+        if stack:
+            self.result.folders.append(source)
         while stack:
-            stack.extend(reversed(_folder(stack.pop(), result, seen, files)))
-    _classify(files, result)
-    return result
+            stack.extend(reversed(self.folder(stack.pop())))
 
-
-def _entry(path: str, result: Walk, seen: dict[tuple[int, int], str], files: list[tuple[str, int]]) -> bool:
-    """Sort one entry; True for a folder to walk."""
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        result.quarantined.append((path, _stat_failure(path, exc)))
+    def entry(self, path: str) -> bool:
+        """Sort one entry; True for a folder to walk."""
+        result = self.result
+        if printable(path) != path:
+            result.quarantined.append((printable(path), "name is not valid UTF-8 (rename it); not read"))
+            return False
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            result.quarantined.append((path, _stat_failure(path, exc)))
+            return False
+        if stat.S_ISREG(info.st_mode):
+            self.files.append((path, info.st_size))
+            return False
+        if not stat.S_ISDIR(info.st_mode):
+            result.quarantined.append((path, f"not a regular file ({file_kind(info.st_mode)}); not opened"))
+            return False
+        key = (info.st_dev, info.st_ino)
+        if is_slice_name(path):
+            result.quarantined.append((path, "a folder named like a slice file; its contents are not read"))
+        elif path.lower().endswith(".zarr"):
+            result.skipped.append((path, "a Zarr store folder"))
+        elif key in self.seen:
+            result.skipped.append((path, f"folder already walked as {self.seen[key]} (symbolic link)"))
+        elif os.path.islink(path) and self.holds_a_source(os.path.realpath(path)):
+            result.skipped.append((path, f"symbolic link to {os.path.realpath(path)}, a folder holding a source "
+                                         "(a cycle)"))
+        else:
+            self.seen[key] = path
+            return True
         return False
-    if stat.S_ISREG(info.st_mode):
-        files.append((path, info.st_size))
-        return False
-    if not stat.S_ISDIR(info.st_mode):
-        result.quarantined.append((path, f"not a regular file ({file_kind(info.st_mode)}); not opened"))
-        return False
-    key = (info.st_dev, info.st_ino)
-    if is_slice_name(path):
-        result.quarantined.append((path, "a folder named like a slice file; its contents are not read"))
-    elif path.lower().endswith(".zarr"):
-        result.skipped.append((path, "a Zarr store folder"))
-    elif key in seen:
-        result.skipped.append((path, f"folder already walked as {seen[key]} (symbolic link)"))
-    else:
-        seen[key] = path
-        return True
-    return False
 
+    def holds_a_source(self, real: str) -> bool:
+        """Whether the folder ``real`` (a link's target) contains a source folder."""
+        prefix = real.rstrip(os.sep) + os.sep
+        return any(root.startswith(prefix) for root in self.roots)
 
-def _folder(path: str, result: Walk, seen: dict[tuple[int, int], str], files: list[tuple[str, int]]) -> list[str]:
-    """Sort the entries of one folder; return its subfolders to walk, in name order."""
-    try:
-        names = sorted(os.listdir(path))
-    except OSError as exc:
-        result.quarantined.append((path, f"unreadable folder ({exc.strerror or exc})"))
-        return []
-    return [child for child in (os.path.join(path, n) for n in names) if _entry(child, result, seen, files)]
+    def folder(self, path: str) -> list[str]:
+        """Sort the entries of one folder; return its subfolders to walk, in name order."""
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as exc:
+            self.result.quarantined.append((path, f"unreadable folder ({exc.strerror or exc})"))
+            return []
+        return [child for child in (os.path.join(path, n) for n in names) if self.entry(child)]
 
 
 def _stat_failure(path: str, exc: OSError) -> str:

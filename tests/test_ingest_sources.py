@@ -44,6 +44,24 @@ def test_link_cycle_is_skipped_and_counted_once(tmp_path):
         f"folder already walked as {tmp_path / 'src/COVID-CTset'} (symbolic link)"]
 
 
+def test_link_to_a_folder_above_the_source_is_skipped(tmp_path):
+    make_tree(tmp_path / "src", series_spec=(("normal1", "patient2", "SR_2", 2),))
+    (tmp_path / "src" / SERIES / "up").symlink_to(tmp_path)
+    found = layout.scan([tmp_path / "src"])
+    assert len(found.files) == 2
+    assert reasons(found.skipped, tmp_path / "src" / SERIES / "up") == [
+        f"symbolic link to {os.path.realpath(tmp_path)}, a folder holding a source (a cycle)"]
+
+
+def test_name_that_is_not_utf8_is_quarantined(tmp_path, client):
+    make_tree(tmp_path / "src", series_spec=(("normal1", "patient2", "SR_2", 2),))
+    (tmp_path / "src" / SERIES / os.fsdecode(b"IM\xff1.tif")).write_bytes(b"x")
+    report = ingest([tmp_path / "src"], tmp_path / "s.zarr", client)
+    assert report.quarantined == [(f"{tmp_path / 'src' / SERIES}/IM\\xff1.tif",
+                                   "name is not valid UTF-8 (rename it); not read")]
+    assert ctengine.open_store(tmp_path / "s.zarr").quarantine["location"].tolist() == [report.quarantined[0][0]]
+
+
 def test_folder_named_like_a_slice_is_quarantined(tmp_path):
     make_tree(tmp_path / "src", series_spec=(("normal1", "patient2", "SR_2", 2),))
     (tmp_path / "src" / SERIES / "IM00007.tif").mkdir()
