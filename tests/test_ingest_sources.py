@@ -130,6 +130,25 @@ def test_zip_member_folder_named_like_a_slice_is_quarantined(tmp_path):
         "a folder named like a slice file"]
 
 
+def test_link_member_in_a_zip_is_quarantined(tmp_path):
+    link = zipfile.ZipInfo("COVID-CTset/normal1/patient2/SR_2/IM00001.tif")
+    link.external_attr = (0o120777 << 16)  # a symbolic link entry, as `zip --symlinks` writes it
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
+        archive.writestr(link, "/dev/zero")
+    found = layout.scan([tmp_path / "a.zip"])
+    assert found.files.empty and [r for _, r in found.rejected] == [
+        "not a regular file inside the archive (symbolic link or special file)"]
+
+
+def test_file_link_loop_is_quarantined(tmp_path):
+    make_tree(tmp_path / "src", series_spec=(("normal1", "patient2", "SR_2", 2),))
+    series = tmp_path / "src" / SERIES
+    (series / "IM00007.tif").symlink_to(series / "IM00008.tif")
+    (series / "IM00008.tif").symlink_to(series / "IM00007.tif")
+    found = layout.scan([tmp_path / "src"])
+    assert [r for _, r in found.rejected] == ["symbolic link loop"] * 2
+
+
 def test_every_entry_is_stored_quarantined_or_skipped(tmp_path, client):
     src = tmp_path / "src"
     make_tree(src, series_spec=(("normal1", "patient2", "SR_2", 3),))
