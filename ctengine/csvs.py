@@ -164,8 +164,9 @@ def find_csvs(scan_result: Scan, *, details: str | None = None, metadata: str | 
     ``CSV`` folder, where the dataset's download and ``ctengine synth OUT``
     keep them (``OUT/Patient_details.csv``, ``OUT/CSV/all.csv`` beside
     ``OUT/COVID-CTset``); beside a file source, in its own folder. Files
-    found but not used are listed in ``skipped``; a found file that cannot
-    be read is listed in ``problems`` (an explicit one raises).
+    found but not used are listed in ``skipped``; a file that cannot be
+    read is listed in ``problems``, except an explicit ``details`` or
+    ``metadata`` file, which raises ValueError.
     """
     around = nearby_csvs(scan_result.around)
     result = FoundCsvs()
@@ -188,7 +189,7 @@ def find_csvs(scan_result: Scan, *, details: str | None = None, metadata: str | 
                 setattr(result, kind, reader(path))
                 result.used[kind].append(path)
             except (ValueError, OSError, KeyError) as exc:
-                if path in (details, metadata):
+                if {"details": details, "metadata": metadata}[kind] is not None:
                     raise ValueError(f"cannot read {path}: {exc}") from None
                 result.problems.append((path, f"unreadable {KIND_NAMES[kind]} ({type(exc).__name__}: {exc})"))
     if chosen["labels"]:

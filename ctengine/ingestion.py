@@ -190,7 +190,8 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
         results = _run(tasks, client, progress=progress, report=report)
         catalog = _keep_feature_columns(_apply_results(plan.catalog, results, report), opened, results)
         count_entries(plan.files, catalog, report)
-        report.catalog_written = opened.write_table(names.CATALOG, catalog, if_changed=True)
+        if len(catalog) or names.CATALOG not in opened.root:  # a run that stores nothing keeps the old catalog
+            report.catalog_written = opened.write_table(names.CATALOG, catalog, if_changed=True)
         rows = report.quarantined + [(where, SKIPPED_PREFIX + why) for where, why in report.skipped]
         opened.write_table(names.QUARANTINE, pd.DataFrame(rows, columns=list(names.QUARANTINE_COLUMNS)),
                            if_changed=True)

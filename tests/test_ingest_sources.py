@@ -192,6 +192,15 @@ def test_nothing_stored_raises_with_the_report(tmp_path, client):
     assert [reason for _, reason in caught.value.report.quarantined] == ["not a TIFF file (bad magic bytes)"]
 
 
+def test_a_run_that_stores_nothing_keeps_the_old_catalog(tree, tmp_path, client):
+    ingest([tree[0]], tmp_path / "s.zarr", client)
+    (tmp_path / "bad" / SERIES).mkdir(parents=True)
+    (tmp_path / "bad" / SERIES / "IM00001.tif").write_bytes(b"not a tiff")
+    with pytest.raises(ctengine.NothingToIngestError):
+        ingest([tmp_path / "bad"], tmp_path / "s.zarr", client)
+    assert len(ctengine.open_store(tmp_path / "s.zarr").catalog) == 14
+
+
 def test_cli_summary_counts_entries(tmp_path, client):
     make_tree(tmp_path / "src", shape=(512, 512), series_spec=(("normal1", "patient2", "SR_2", 2),))
     (tmp_path / "src/notes.txt").write_text("x")
