@@ -5,7 +5,12 @@ decodes them safely, checks duplicates for conflicts, encodes the whole
 series as one shard and writes it in one object, then marks the series
 complete. A series is skipped when it is already complete for the same
 plan (same instances and source names), so a killed run resumes where it
-stopped and a second run over a complete store writes nothing.
+stopped and a second run over a complete store writes nothing; a complete
+series whose metadata changed gets its new attributes, not its pixels again.
+
+Every entry under the sources ends stored, quarantined or skipped with its
+reason (:mod:`ctengine.entries`, :mod:`ctengine.layout`), and the report
+counts them (:mod:`ctengine.ingest_report`).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import os
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -25,9 +30,9 @@ import pandas as pd
 from . import csvs, layout
 from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
 from .driver import map_series
-from .store import Store, names, open_store, store_lock
 from .ingest_report import (SKIPPED_PREFIX, IngestReport, NothingToIngestError, count_entries, nothing_matched,
                             nothing_stored)
+from .store import Store, names, open_store, store_lock
 from .tiffio import BadSliceError, decode_slice, slice_checksum
 
 __all__ = ["IngestPlan", "IngestReport", "NothingToIngestError", "SeriesTask", "ingest", "ingest_series",
