@@ -84,7 +84,9 @@ def compute_series(store: Store, patient: str, series: str, device: str = "cpu")
 
     numba.set_num_threads(1)  # one task per core: the cluster runs series in parallel, not threads in a kernel
     attrs = store.series_attrs(patient, series)
-    plan = hashlib.sha256(json.dumps(attrs["checksums"]).encode()).hexdigest()  # the pixels, not the names
+    # the pixels and what the kernels were told about them, not the names: new metadata computes again
+    inputs = {"checksums": attrs["checksums"], "spacing": names.spacing(attrs), "rescale": names.rescale(attrs)}
+    plan = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
     known = names.spacing(attrs) is not None
     done = store.completed_lung(patient, series, plan)
     if done is not None:
