@@ -132,7 +132,8 @@ def summary_lines(report: IngestReport) -> list[str]:
     for kind, words in (("details", "Patient_details.csv"), ("metadata", "Patients_metadata.csv"),
                         ("labels", "label CSVs")):
         paths = report.metadata.get(kind, [])
-        found.append(f"{words}: {'not found' if not paths else paths[0] if len(paths) == 1 else f'{len(paths)} files'}")
+        said = "not found" if not paths else paths[0] if len(paths) == 1 else f"{len(paths)} files"
+        found.append(f"{words}: {said}")
     lines.append("metadata: " + "; ".join(found))
     if report.series_spacing_unknown:
         lines.append(f"pixel spacing unknown for {report.series_spacing_unknown} of {report.series} series "
