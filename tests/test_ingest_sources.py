@@ -118,8 +118,8 @@ def test_zip_inside_a_zip_is_quarantined_by_name(tmp_path):
     with zipfile.ZipFile(tmp_path / "outer.zip", "w") as archive:
         archive.write(inner, "COVID-CTset/inner.zip")
     found = layout.scan([tmp_path / "outer.zip"])
-    assert found.rejected == [(f"{tmp_path / 'outer.zip'}::COVID-CTset/inner.zip",
-                               "zip archive inside a zip archive is not read (extract it and ingest the inner archive)")]
+    assert found.rejected == [(f"{tmp_path / 'outer.zip'}::COVID-CTset/inner.zip", "zip archive inside a zip "
+                               "archive is not read (extract it and ingest the inner archive)")]
 
 
 def test_zip_member_folder_named_like_a_slice_is_quarantined(tmp_path):
