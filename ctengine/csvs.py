@@ -165,8 +165,8 @@ def find_csvs(scan_result: Scan, *, details: str | None = None, metadata: str | 
     keep them (``OUT/Patient_details.csv``, ``OUT/CSV/all.csv`` beside
     ``OUT/COVID-CTset``); beside a file source, in its own folder. Files
     found but not used are listed in ``skipped``; a file that cannot be
-    read is listed in ``problems``, except an explicit ``details`` or
-    ``metadata`` file, which raises ValueError.
+    read is listed in ``problems`` (the next one found is tried), except an
+    explicit ``details`` or ``metadata`` file, which raises ValueError.
     """
     around = nearby_csvs(scan_result.around)
     result = FoundCsvs()
@@ -180,11 +180,13 @@ def find_csvs(scan_result: Scan, *, details: str | None = None, metadata: str | 
         elif kind == "labels":
             chosen[kind] = _prefer_split_csvs(found)
         else:
-            chosen[kind] = found[:1]
-            result.skipped.extend((p, f"another {KIND_NAMES[kind]} is used: {found[0]}") for p in found[1:])
+            chosen[kind] = found  # the first that reads is used
     readers = {"details": read_details, "metadata": read_metadata}
     for kind, reader in readers.items():
         for path in chosen[kind]:
+            if result.used[kind]:
+                result.skipped.append((path, f"another {KIND_NAMES[kind]} is used: {result.used[kind][0]}"))
+                continue
             try:
                 setattr(result, kind, reader(path))
                 result.used[kind].append(path)

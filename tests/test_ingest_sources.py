@@ -267,3 +267,23 @@ def test_metadata_given_later_updates_the_series_attributes(tree, tmp_path, clie
     report = ingest([src], tmp_path / "s.zarr", client, metadata=str(meta))
     attrs = ctengine.open_store(tmp_path / "s.zarr").series_attrs("patient2", "SR_2")
     assert report.series_written == 0 and attrs["spacing_mm"] == [0.75, 0.7] and attrs["thickness_mm"] == 5.0
+
+
+def test_metadata_among_the_sources_wins_over_the_one_beside_them(tree, tmp_path, client):
+    src, _ = tree
+    (src / "Patients_metadata.csv").write_text('Patient ID,SR_2 PixelSpacing\npatient2,"[0.6, 0.6]"\n')
+    (tmp_path / "Patients_metadata.csv").write_text('Patient ID,SR_2 PixelSpacing\npatient2,"[0.8, 0.8]"\n')
+    report = ingest([src], tmp_path / "s.zarr", client)
+    assert report.metadata["metadata"] == [str(src / "Patients_metadata.csv")]
+    assert report.skipped == [(str(tmp_path / "Patients_metadata.csv"),
+                               f"another Patients_metadata.csv is used: {src / 'Patients_metadata.csv'}")]
+    assert ctengine.open_store(tmp_path / "s.zarr").spacing("patient2", "SR_2") == (0.6, 0.6)
+
+
+def test_unreadable_metadata_found_is_quarantined_and_the_next_one_read(tree, tmp_path, client):
+    src, _ = tree
+    (src / "Patients_metadata.csv").write_text("no such columns\n1\n")
+    (tmp_path / "Patients_metadata.csv").write_text('Patient ID,SR_2 PixelSpacing\npatient2,"[0.8, 0.8]"\n')
+    report = ingest([src], tmp_path / "s.zarr", client)
+    assert [location for location, _ in report.quarantined] == [str(src / "Patients_metadata.csv")]
+    assert report.metadata["metadata"] == [str(tmp_path / "Patients_metadata.csv")]
