@@ -114,7 +114,7 @@ def ingest(sources, store, details, metadata, labels, strict, storage_options, a
         with _client(scheduler, workers) as client:
             report = run_ingest(sources, store, details=details, metadata=metadata, labels=list(labels) or None,
                                 client=client, storage_options=_storage_options(storage_options))
-    except StoreBusyError as exc:
+    except (StoreBusyError, ValueError, FileNotFoundError) as exc:  # nothing to ingest, unreadable CSV, ...
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -125,6 +125,8 @@ def ingest(sources, store, details, metadata, labels, strict, storage_options, a
 
 
 def _print_ingest(report) -> None:
+    from .ingest_report import summary_lines
+
     if report.nothing_written:
         click.echo(f"store {report.store} is complete: nothing to write ({report.slices} slices, "
                    f"{report.series_skipped} series)")
@@ -135,10 +137,15 @@ def _print_ingest(report) -> None:
                    f"{report.bytes_stored / 1e6:.0f} MB stored (ratio {report.ratio:.2f})")
     for location, reason in report.quarantined:
         click.echo(f"quarantined: {location}: {reason}", err=True)
+    for location, reason in report.skipped:
+        click.echo(f"skipped: {location}: {reason}", err=True)
     for series, reason in report.failed_series:
         click.echo(f"failed series: {series}: {reason}", err=True)
-    if report.quarantined:
-        click.echo(f"{len(report.quarantined)} file(s) quarantined (listed in the store's quarantine table)", err=True)
+    if report.quarantined or report.skipped:
+        click.echo(f"{len(report.quarantined)} entries quarantined and {len(report.skipped)} skipped "
+                   f"(listed in the store's quarantine table)", err=True)
+    for line in summary_lines(report):
+        click.echo(line)
 
 
 @main.command()
@@ -183,7 +190,11 @@ def info(store, as_json, storage_options) -> None:
         click.echo(f"  {label:8s} {counts['patients']:5d} patients {counts['series']:6d} series "
                    f"{counts['slices']:8d} slices")
     click.echo(f"  raw {summary['bytes_raw'] / 1e6:.1f} MB -> stored {summary['bytes_stored'] / 1e6:.1f} MB "
-               f"(ratio {summary['ratio']:.2f}); quarantined files: {summary['quarantined']}")
+               f"(ratio {summary['ratio']:.2f}); quarantined entries: {summary['quarantined']}, "
+               f"skipped: {summary['skipped']}")
+    for key, what in (("series_spacing_unknown", "pixel spacing"), ("series_thickness_unknown", "slice thickness")):
+        if summary[key]:
+            click.echo(f"  {what} unknown for {summary[key]} of {summary['series']} series (recorded as \"unknown\")")
 
 
 @main.command()

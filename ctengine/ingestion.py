@@ -5,70 +5,42 @@ decodes them safely, checks duplicates for conflicts, encodes the whole
 series as one shard and writes it in one object, then marks the series
 complete. A series is skipped when it is already complete for the same
 plan (same instances and source names), so a killed run resumes where it
-stopped and a second run over a complete store writes nothing.
+stopped and a second run over a complete store writes nothing; a complete
+series whose metadata changed gets its new attributes, not its pixels again.
+
+Every entry under the sources ends stored, quarantined or skipped with its
+reason (:mod:`ctengine.entries`, :mod:`ctengine.layout`), and the report
+counts them (:mod:`ctengine.ingest_report`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import time
 import zipfile
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
 from . import csvs, layout
 from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
-from .driver import RunReport, map_series
+from .driver import map_series
+from .ingest_report import (SKIPPED_PREFIX, IngestReport, NothingToIngestError, count_entries, nothing_matched,
+                            nothing_stored)
 from .store import Store, names, open_store, store_lock
 from .tiffio import BadSliceError, decode_slice, slice_checksum
 
+__all__ = ["IngestPlan", "IngestReport", "NothingToIngestError", "SeriesTask", "ingest", "ingest_series",
+           "plan_ingest"]
 
-
-@dataclass
-class IngestReport(RunReport):
-    """What an ingest did (bytes are raw pixels in and encoded shards out).
-
-    Attributes
-    ----------
-    slices : int
-        Slices in the store's catalog after the run.
-    slices_written, series_written, series_skipped : int
-    bytes_raw, bytes_stored : int
-        Raw pixel bytes read and encoded shard bytes written.
-    quarantined : list of (str, str)
-        Refused files: (location, reason).
-    catalog_written : bool
-        Whether the catalog changed.
-    """
-
-    slices: int = 0
-    slices_written: int = 0
-    series_written: int = 0
-    series_skipped: int = 0
-    bytes_raw: int = 0
-    bytes_stored: int = 0
-    quarantined: list[tuple[str, str]] = field(default_factory=list)
-    catalog_written: bool = False
-    derived: ClassVar[tuple[str, ...]] = ("ratio", "slices_per_second")
-
-    @property
-    def ratio(self) -> float:
-        """Compression ratio: raw bytes / stored bytes."""
-        return self.bytes_raw / self.bytes_stored if self.bytes_stored else float("nan")
-
-    @property
-    def slices_per_second(self) -> float:
-        """Slices written per second of the run."""
-        return self.slices_written / self.seconds if self.seconds else float("nan")
-
-    @property
-    def nothing_written(self) -> bool:
-        """True when the store was already complete."""
-        return self.series_written == 0 and not self.catalog_written
+#: what reading one copy of a slice may raise for a bad file; it is quarantined, the series goes on
+READ_ERRORS = (BadSliceError, OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError,
+               zlib.error, lzma.LZMAError)
 
 
 # ---------------------------------------------------------------- one series (runs on a worker)
@@ -95,6 +67,10 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
     """Store one series; return its instances, checksums, quarantine and byte counts."""
     done = task.store.completed_series(task.patient, task.series, task.plan)
     if done is not None:
+        if {k: done.get(k) for k in task.attrs} != json.loads(json.dumps(task.attrs)):  # new metadata only
+            kept = {k: done[k] for k in ("instances", "checksums", "quarantined")}
+            task.store.finish_series(task.store.series_group(task.patient, task.series), {**task.attrs, **kept},
+                                     task.plan)
         return {"patient": task.patient, "series": task.series, "status": "skipped", "bytes_raw": 0,
                 "bytes_stored": 0, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
     instances, images, checksums, quarantined = _read_series(task)
@@ -119,7 +95,7 @@ def _read_series(task: SeriesTask) -> tuple[list[int], np.ndarray, list[str], li
             location = f"{archive}::{member}" if archive else member
             try:
                 image = decode_slice(layout.read_source(archive, member), shape=task.shape)
-            except (BadSliceError, OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+            except READ_ERRORS as exc:
                 quarantined.append((location, str(exc) or type(exc).__name__))
                 continue
             good.append((location, image, slice_checksum(image)))
@@ -136,15 +112,33 @@ def _read_series(task: SeriesTask) -> tuple[list[int], np.ndarray, list[str], li
 
 # ---------------------------------------------------------------- the whole ingest (runs on the client)
 
+@dataclass
+class IngestPlan:
+    """What an ingest will read: the slice files, the catalog, the metadata and every other entry.
+
+    ``files`` and ``catalog`` are those of :func:`ctengine.layout.scan` and
+    :func:`ctengine.layout.build_catalog`; ``details`` the patient table;
+    ``quarantined`` and ``skipped`` list (location, reason); ``metadata``
+    maps details, metadata and labels to the CSV files read.
+    """
+
+    files: pd.DataFrame
+    catalog: pd.DataFrame
+    details: pd.DataFrame | None
+    quarantined: list[tuple[str, str]]
+    skipped: list[tuple[str, str]]
+    metadata: dict[str, list[str]]
+
+
 def plan_ingest(sources: Iterable[str | os.PathLike], *, details: str | None = None, metadata: str | None = None,
-                labels: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None,
-                                                          list[tuple[str, str]]]:
-    """Scan sources and read metadata: (files, catalog, details, rejected)."""
+                labels: list[str] | None = None) -> IngestPlan:
+    """Scan the sources and read the metadata found among them or beside them (see :func:`csvs.find_csvs`)."""
     found = layout.scan(sources)
-    details_table, metadata_table, label_table, problems = csvs.find_csvs(
-        found, details=details, metadata=metadata, labels=labels)
-    catalog = layout.build_catalog(found.files, details=details_table, metadata=metadata_table, labels=label_table)
-    return found.files, catalog, details_table, found.rejected + problems
+    tables = csvs.find_csvs(found, details=details, metadata=metadata, labels=labels)
+    catalog = layout.build_catalog(found.files, details=tables.details, metadata=tables.metadata,
+                                   labels=tables.labels)
+    return IngestPlan(found.files, catalog, tables.details, found.rejected + tables.problems,
+                      found.skipped + tables.skipped, tables.used)
 
 
 def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, details: str | None = None,
@@ -153,42 +147,70 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
            shape: tuple[int, int] = SLICE_SHAPE) -> IngestReport:
     """Ingest COVID-CTset (tree, zip archives or flat folder) into a store, bit-exact.
 
+    Every entry under the sources is stored, quarantined or skipped, and the
+    last two are listed with their reason in the report and in the store's
+    quarantine table (a skipped entry's reason starts with ``"skipped: "``).
+
     Parameters
     ----------
     sources : paths
-        Folders, zip archives (or their ``.zip.NNN`` parts) and TIFF files.
+        Folders, zip archives (or their ``.zip.NNN`` parts) and TIFF files;
+        symbolic links are followed.
     store : str
         Local path or fsspec URL of the store (created if missing).
     details, metadata, labels : paths, optional
         ``Patient_details.csv``, ``Patients_metadata.csv`` and label CSVs;
-        found automatically beside the images when not given.
+        found automatically among the sources or beside them (the parent
+        of a source folder and its ``CSV`` folder) when not given.
     client : distributed.Client, optional
         Where to run; default a LocalCluster sized to the machine.
     shape : (int, int)
-        Required slice shape (y, x); other shapes are quarantined.
+        Required slice shape (y, x) in pixels; other shapes are quarantined.
 
     Returns
     -------
     IngestReport
+
+    Raises
+    ------
+    NothingToIngestError
+        When no entry is named like a slice (the store is not touched), or
+        when none was stored (the quarantine table is written).
+    FileNotFoundError
+        For a source that does not exist.
     """
     url = names.resolve(store)
     started = time.perf_counter()
-    files, catalog, details_table, rejected = plan_ingest(sources, details=details, metadata=metadata,
-                                                          labels=labels)
-    report = IngestReport(store=url, quarantined=list(rejected))
+    plan = plan_ingest(sources, details=details, metadata=metadata, labels=labels)
+    report = IngestReport(store=url, quarantined=list(plan.quarantined), skipped=list(plan.skipped),
+                          metadata=plan.metadata)
+    if plan.files.empty:
+        raise NothingToIngestError(nothing_matched(sources, report))
     with store_lock(url):
         opened = open_store(url, mode="a", storage_options=storage_options)
         opened.initialise()
-        _write_patient_groups(opened, catalog, details_table)
-        tasks = _series_tasks(opened, files, catalog, shape)
+        _write_patient_groups(opened, plan.catalog, plan.details)
+        tasks = _series_tasks(opened, plan.files, plan.catalog, shape)
+        _count_unknown(tasks, report)
         results = _run(tasks, client, progress=progress, report=report)
-        catalog = _keep_feature_columns(_apply_results(catalog, results, report), opened, results)
-        report.catalog_written = opened.write_table(names.CATALOG, catalog, if_changed=True)
-        quarantine = pd.DataFrame(report.quarantined, columns=list(names.QUARANTINE_COLUMNS))
-        opened.write_table(names.QUARANTINE, quarantine, if_changed=True)
+        catalog = _keep_feature_columns(_apply_results(plan.catalog, results, report), opened, results)
+        count_entries(plan.files, catalog, report)
+        if len(catalog) or names.CATALOG not in opened.root:  # a run that stores nothing keeps the old catalog
+            report.catalog_written = opened.write_table(names.CATALOG, catalog, if_changed=True)
+        rows = report.quarantined + [(where, SKIPPED_PREFIX + why) for where, why in report.skipped]
+        opened.write_table(names.QUARANTINE, pd.DataFrame(rows, columns=list(names.QUARANTINE_COLUMNS)),
+                           if_changed=True)
     report.slices = len(catalog)
     report.seconds = time.perf_counter() - started
+    if not report.slices:
+        raise NothingToIngestError(nothing_stored(report), report)
     return report
+
+
+def _count_unknown(tasks: list["SeriesTask"], report: IngestReport) -> None:
+    report.series = len(tasks)
+    report.series_spacing_unknown = sum(names.spacing(t.attrs) is None for t in tasks)
+    report.series_thickness_unknown = sum(names.thickness(t.attrs) is None for t in tasks)
 
 
 def _write_patient_groups(opened: Store, catalog: pd.DataFrame, details: pd.DataFrame | None) -> None:

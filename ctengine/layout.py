@@ -12,25 +12,28 @@ slice arriving under two groups or two names is one row keeping every name.
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import zipfile
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
+from . import entries
+from .archives import ARCHIVE_PART, member_refusal, open_archive, read_member, unsafe_member
 from .constants import (DEFAULT_INTERCEPT, DEFAULT_SLOPE, GROUPS_COVID, GROUPS_NORMAL,
                         MAX_TIFF_BYTES, MULTI_SEP, SERIES)
+
+__all__ = ["ARCHIVE_PART", "Scan", "SliceKey", "build_catalog", "csv_kind", "open_archive", "parse_name",
+           "read_member", "read_source", "scan", "unsafe_member"]
 
 TREE_NAME = re.compile(r"(?:^|/)(?P<group>[A-Za-z0-9._-]+)/(?P<patient>patient\d+)/(?P<series>SR_\d+)/"
                        r"IM(?P<instance>\d+)\.tiff?$", re.IGNORECASE)
 FLAT_NAME = re.compile(r"^(?P<group>[A-Za-z0-9.-]+)_(?P<patient>patient\d+)_(?P<series>SR_\d+)_"
                        r"IM(?P<instance>\d+)\.tiff?$", re.IGNORECASE)
 SPLIT_CSV = re.compile(r"^(?P<split>train|validation|test)(?P<fold>\d+)\.csv$", re.IGNORECASE)
-ARCHIVE_PART = re.compile(r"^(?P<stem>.+\.zip)\.(?P<part>\d{3})$", re.IGNORECASE)
 N_FOLDS = 5
 
 
@@ -57,166 +60,105 @@ def parse_name(name: str) -> SliceKey | None:
     return SliceKey(match["group"], match["patient"].lower(), match["series"].upper(), int(match["instance"]))
 
 
-# ---------------------------------------------------------------- archives
-
-class _Concatenated(io.RawIOBase):
-    """Several part files read as one seekable file (split zip archives)."""
-
-    def __init__(self, paths: tuple[str, ...]):
-        self._files = [open(p, "rb") for p in paths]
-        self._sizes = [os.fstat(f.fileno()).st_size for f in self._files]
-        self._starts = np.concatenate([[0], np.cumsum(self._sizes)]).tolist()
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._starts[-1]}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer) -> int:
-        view = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(view) and self._pos < self._starts[-1]:
-            part = int(np.searchsorted(self._starts, self._pos, side="right")) - 1
-            handle = self._files[part]
-            handle.seek(self._pos - self._starts[part])
-            n = handle.readinto(view[done:done + self._starts[part + 1] - self._pos])
-            if not n:
-                break
-            done += n
-            self._pos += n
-        return done
-
-    def close(self) -> None:
-        for handle in self._files:
-            handle.close()
-        super().close()
-
-
-def open_archive(parts: tuple[str, ...]) -> zipfile.ZipFile:
-    """Open a zip archive given as one file or as its split parts in order."""
-    if len(parts) == 1:
-        return zipfile.ZipFile(parts[0])
-    return zipfile.ZipFile(io.BufferedReader(_Concatenated(parts), buffer_size=1 << 20))
-
-
-def read_member(archive: zipfile.ZipFile, member: str) -> bytes:
-    """Read one member, refusing one that declares more than the size limit."""
-    info = archive.getinfo(member)
-    if info.file_size > MAX_TIFF_BYTES:
-        raise ValueError(f"member declares {info.file_size} bytes, over the limit of {MAX_TIFF_BYTES}")
-    with archive.open(info) as handle:
-        return handle.read(MAX_TIFF_BYTES + 1)
-
-
-def unsafe_member(name: str) -> bool:
-    """True for a member name that is absolute or climbs out with '..'."""
-    name = name.replace("\\", "/")
-    return name.startswith("/") or re.match(r"^[A-Za-z]:", name) is not None or ".." in name.split("/")
-
-
 # ---------------------------------------------------------------- scanning
 
 @dataclass
 class Scan:
-    """What a scan of the sources found.
+    """What a scan of the sources found; every entry is in ``files``, ``rejected`` or ``skipped``.
 
     ``files`` has one row per slice file: patient, series, instance, group,
     name (the source name: tree path from the group, or flat name), archive
     (``+``-joined part paths, empty for plain files) and path (file path or
-    archive member). ``rejected`` lists (location, reason) for files that
-    cannot be slices. ``csvs`` maps a kind (details, metadata, labels) to
-    the metadata files found beside the images.
+    archive member). ``rejected`` lists (location, reason) for entries that
+    cannot be slices (quarantined); ``skipped`` lists (location, reason) for
+    entries deliberately not read (other files, a folder walked already).
+    ``csvs`` maps a kind (details, metadata, labels) to the metadata files
+    found among the sources; ``folders`` are the source folders and
+    ``around`` the folders where metadata beside them is looked for.
     """
 
     files: pd.DataFrame
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     csvs: dict[str, list[str]] = field(default_factory=lambda: {"details": [], "metadata": [], "labels": []})
+    folders: list[str] = field(default_factory=list)
+    around: list[str] = field(default_factory=list)
 
 
 def scan(sources: Iterable[str | os.PathLike]) -> Scan:
-    """Find every slice under folders, zip archives and files.
+    """Find every slice under folders, zip archives and files, and the reason for every other entry.
 
-    Raises FileNotFoundError for a source that does not exist.
+    Symbolic links are followed (each folder walked once); only regular
+    files are candidates; see :mod:`ctengine.entries` and
+    :mod:`ctengine.archives`.
+
+    Raises
+    ------
+    FileNotFoundError
+        For a source that does not exist.
     """
+    walked = entries.walk(sources)
     rows: list[dict] = []
-    result = Scan(files=pd.DataFrame())
-    for kind, item in _walk(sources):
-        if kind == "csv":
-            _classify_csv(item, result.csvs)
-        elif kind == "archive":
-            _scan_archive(item, rows, result.rejected)
-        else:
-            _add_file(rows, result.rejected, name=item, archive="", path=item)
+    result = Scan(files=pd.DataFrame(), rejected=list(walked.quarantined), skipped=list(walked.skipped),
+                  folders=list(walked.folders), around=list(walked.around))
+    for path in walked.csvs:
+        _classify_csv(path, result)
+    for path in walked.slices:
+        _add_file(rows, result.rejected, name=path, archive="", path=path)
+    for parts in walked.archives:
+        _scan_archive(parts, rows, result)
     result.files = pd.DataFrame(rows, columns=["patient", "series", "instance", "group", "name", "archive", "path"])
     result.files = result.files.astype({"instance": "int64"})
     return result
 
 
-def _walk(sources: Iterable[str | os.PathLike]) -> Iterator[tuple[str, object]]:
-    """Yield ('tif', path), ('csv', path) and ('archive', parts) in a stable order."""
-    files: list[str] = []
-    for source in sources:
-        source = os.path.abspath(os.fspath(source))
-        if os.path.isdir(source):
-            for top, dirs, names in os.walk(source):
-                dirs[:] = sorted(d for d in dirs if not d.endswith(".zarr"))
-                files.extend(os.path.join(top, n) for n in sorted(names))
-        elif os.path.exists(source):
-            files.append(source)
-        else:
-            raise FileNotFoundError(f"source {source!r} does not exist")
-    parts: dict[str, list[str]] = {}
-    for path in files:
-        lower = path.lower()
-        part = ARCHIVE_PART.match(path)
-        if part:
-            parts.setdefault(part["stem"], []).append(path)
-        elif lower.endswith(".zip"):
-            parts.setdefault(path, []).append(path)
-        elif lower.endswith(".csv"):
-            yield "csv", path
-        elif lower.endswith((".tif", ".tiff")):
-            yield "tif", path
-    for stem in sorted(parts):
-        yield "archive", tuple(sorted(parts[stem]))
-
-
-def _classify_csv(path: str, csvs: dict[str, list[str]]) -> None:
+def csv_kind(path: str) -> str | None:
+    """``details``, ``metadata`` or ``labels`` for a metadata CSV's file name; None for another name."""
     name = os.path.basename(path).lower()
     if name == "patient_details.csv":
-        csvs["details"].append(path)
-    elif name == "patients_metadata.csv":
-        csvs["metadata"].append(path)
-    elif name == "all.csv" or SPLIT_CSV.match(name):
-        csvs["labels"].append(path)
+        return "details"
+    if name == "patients_metadata.csv":
+        return "metadata"
+    if name == "all.csv" or SPLIT_CSV.match(name):
+        return "labels"
+    return None
 
 
-def _scan_archive(parts: tuple[str, ...], rows: list[dict], rejected: list[tuple[str, str]]) -> None:
+def _classify_csv(path: str, result: Scan) -> None:
+    kind = csv_kind(path)
+    if kind is None:
+        result.skipped.append((path, "a CSV that is not Patient_details.csv, Patients_metadata.csv, all.csv "
+                                     "or a fold CSV (trainK, validationK, testK)"))
+    else:
+        result.csvs[kind].append(path)
+
+
+def _scan_archive(parts: tuple[str, ...], rows: list[dict], result: Scan) -> None:
     label = "+".join(parts)
     try:
         with open_archive(parts) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        rejected.append((label, f"unreadable zip archive ({exc})"))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        result.rejected.append((label, f"unreadable zip archive ({exc})"))
         return
     for info in infos:
-        if info.is_dir() or not info.filename.lower().endswith((".tif", ".tiff")):
+        location, name = f"{label}::{info.filename}", info.filename
+        if info.is_dir():
+            if entries.is_slice_name(name):
+                result.rejected.append((location, "a folder named like a slice file"))
             continue
-        location = f"{label}::{info.filename}"
-        if unsafe_member(info.filename):
-            rejected.append((location, "unsafe member name (absolute or '..')"))
-            continue
-        _add_file(rows, rejected, name=info.filename, archive=label, path=info.filename, location=location)
+        refusal = member_refusal(info)
+        if refusal is None and entries.is_slice_name(name) and info.file_size > MAX_TIFF_BYTES:
+            refusal = f"member declares {info.file_size} bytes, over the limit of {MAX_TIFF_BYTES}; not read"
+        if refusal is not None:
+            result.rejected.append((location, refusal))
+        elif entries.is_slice_name(name):
+            _add_file(rows, result.rejected, name=name, archive=label, path=name, location=location)
+        elif name.lower().endswith(".csv"):
+            result.skipped.append((location, "a CSV inside a zip archive is not read as metadata (extract it, "
+                                             "or give it with --details, --metadata or --labels)"))
+        else:
+            result.skipped.append((location, entries.NOT_USED))
 
 
 def _add_file(rows: list[dict], rejected: list[tuple[str, str]], *, name: str, archive: str, path: str,
@@ -239,13 +181,17 @@ def _source_name(name: str, key: SliceKey) -> str:
 
 
 def read_source(archive: str, path: str) -> bytes:
-    """Bytes of one slice file (plain path, or member ``path`` of ``archive``)."""
+    """Bytes of one slice file (plain path, or member ``path`` of ``archive``), refused over the size limit.
+
+    Raises
+    ------
+    ValueError
+        When the file is not a regular file (:class:`ctengine.entries.NotRegularError`) or is too large.
+    OSError, zipfile.BadZipFile
+        When it cannot be read.
+    """
     if not archive:
-        size = os.path.getsize(path)
-        if size > MAX_TIFF_BYTES:
-            raise ValueError(f"file of {size} bytes exceeds the limit of {MAX_TIFF_BYTES}")
-        with open(path, "rb") as handle:
-            return handle.read()
+        return entries.read_regular(path, limit=MAX_TIFF_BYTES)
     with open_archive(tuple(archive.split("+"))) as opened:
         return read_member(opened, path)
 

@@ -48,5 +48,5 @@ def pytest_configure(config):
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).parent.parent / ".numba_cache"))
 
 
-#: the dataset's real metadata CSVs, in ../shared/covid-ctset beside the repository
-SHARED_DATASET = Path(__file__).resolve().parents[2] / "shared" / "covid-ctset"
+#: copies of the dataset's public CSVs kept with the tests (see tests/data/covid-ctset/README.md)
+DATASET_CSVS = Path(__file__).resolve().parent / "data" / "covid-ctset"

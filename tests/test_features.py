@@ -84,3 +84,25 @@ def test_a_second_ingest_keeps_the_selection(store, client):
     assert report.nothing_written
     assert after["selected"].tolist() == before["selected"].tolist()
     assert ctengine.open_store(store).lung_mask("patient1", "SR_2").dtype == np.uint8
+
+
+def test_series_without_spacing_are_listed_in_the_report(tmp_path, client):
+    from conftest import make_tree
+
+    make_tree(tmp_path / "src", shape=(512, 512), series_spec=(("normal1", "patient2", "SR_2", 4),))
+    ctengine.ingest([tmp_path / "src"], tmp_path / "s.zarr", client=client, progress=False)
+    report = compute_features(tmp_path / "s.zarr", client=client, progress=False)
+    assert not report.failed_series and report.spacing_unknown == ["patient2/SR_2"]
+
+
+def test_features_are_computed_again_when_the_spacing_becomes_known(tmp_path, client):
+    from conftest import make_tree
+
+    make_tree(tmp_path / "src", shape=(512, 512), series_spec=(("normal1", "patient2", "SR_2", 4),))
+    ctengine.ingest([tmp_path / "src"], tmp_path / "s.zarr", client=client, progress=False)
+    compute_features(tmp_path / "s.zarr", client=client, progress=False)
+    meta = tmp_path / "meta.csv"
+    meta.write_text('Patient ID,SR_2 PixelSpacing\npatient2,"[0.75, 0.75]"\n')
+    ctengine.ingest([tmp_path / "src"], tmp_path / "s.zarr", client=client, progress=False, metadata=str(meta))
+    report = compute_features(tmp_path / "s.zarr", client=client, progress=False)
+    assert report.series_computed == 1 and report.spacing_unknown == []

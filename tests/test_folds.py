@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATASET
+from conftest import DATASET_CSVS
 
 from ctengine.constants import MULTI_SEP, SERIES
 from ctengine.folds import SPLITS, fold_summary, make_folds, write_fold_csvs
 from ctengine.synth.cohort import load_reference
 
-SHARED_ALL = SHARED_DATASET / "all.csv"
+SHARED_ALL = DATASET_CSVS / "all.csv.gz"
 
 
 def _real_like_rows() -> tuple[list[str], list[str]]:

@@ -174,39 +174,91 @@ def test_second_ingest_into_a_busy_store_is_refused(tree, tmp_path, client):
             ingest(src, tmp_path / "s.zarr", client)
 
 
-def test_cli_strict_and_json(tree, tmp_path, client):
-    src, _ = tree
+def test_cli_strict_and_json(tmp_path, client):
+    src = tmp_path / "src"
+    make_tree(src, shape=(512, 512), series_spec=(("normal1", "patient2", "SR_2", 2),))
     (src / "COVID-CTset/normal1/patient2/SR_2/IM00099.tif").write_bytes(b"")
     address = client.scheduler.address
     runner = CliRunner()
     result = runner.invoke(main, ["ingest", str(src), "--store", str(tmp_path / "s.zarr"), "--json",
                                   "--scheduler", address])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["slices"] == 0  # 64x64 slices are refused by the CLI's 512x512 shape
+    assert json.loads(result.stdout)["slices"] == 2
     result = runner.invoke(main, ["ingest", str(src), "--store", str(tmp_path / "t.zarr"), "--strict",
                                   "--scheduler", address])
     assert result.exit_code == 1
+
+
+def test_cli_exits_1_with_one_line_when_nothing_is_stored(tree, tmp_path, client):
+    src, _ = tree  # 64 x 64 slices: all refused by the CLI's 512 x 512 shape
+    result = CliRunner().invoke(main, ["ingest", str(src), "--store", str(tmp_path / "s.zarr"),
+                                       "--scheduler", client.scheduler.address])
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "nothing ingested" in errors[0] and "Traceback" not in result.output
+
+
+#: runs the ``ctengine`` command with one change on the workers: the series that reaches
+#: ``finish_series`` after another one completed stops there (shard written, not marked complete),
+#: touches the file given as first argument and waits to be killed
+HELD_INGEST = """
+import os, sys, time
+
+import ctengine.ingestion as ingestion
+from ctengine.cli import main
+
+REACHED = sys.argv.pop(1)
+FIRST_DONE = REACHED + ".first"
+
+
+def held(task):
+    from ctengine.ingestion import ingest_series
+
+    finish = task.store.finish_series
+
+    def finish_or_hold(group, attrs, plan):
+        if os.path.exists(FIRST_DONE):
+            open(REACHED, "w").close()
+            time.sleep(3600)
+        finish(group, attrs, plan)
+        open(FIRST_DONE, "w").close()
+
+    task.store.finish_series = finish_or_hold
+    return ingest_series(task)
+
+
+if __name__ == "__main__":
+    ingestion.ingest_series = held
+    main()
+"""
+
+
+def _complete_series(store) -> int:
+    markers = [json.loads(p.read_text()).get("attributes", {}).get("ctengine", {}) for p in store.glob("*/*/zarr.json")]
+    return sum(bool(m.get("complete")) for m in markers)
 
 
 def test_sigkill_then_resume_loses_nothing(tmp_path):
     src = tmp_path / "src"
     spec = tuple(("normal1", f"patient{p}", s, 12) for p in range(1, 9) for s in ("SR_2", "SR_3", "SR_4"))
     images = make_tree(src, shape=(512, 512), series_spec=spec)
-    store = tmp_path / "s.zarr"
-    command = [sys.executable, "-m", "ctengine.cli", "ingest", str(src), "--store", str(store), "--workers", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(store.glob("*/*/0/c/0/0/0"))) < 3:
-        time.sleep(0.02)
+    store, reached, script = tmp_path / "s.zarr", tmp_path / "reached", tmp_path / "held_ingest.py"
+    script.write_text(HELD_INGEST)
+    arguments = ["ingest", str(src), "--store", str(store), "--workers", "1"]
+    process = subprocess.Popen([sys.executable, str(script), str(reached), *arguments], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    while not reached.exists() and process.poll() is None:  # bounded by the pytest timeout only
+        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    written = len(list(store.glob("*/*/0/c/0/0/0")))
-    assert 3 <= written < 24, "the kill must land in the middle of the ingest"
+    assert reached.exists(), "the held ingest ended before a series was held"
+    assert 1 <= _complete_series(store) < 24, "the kill must land in the middle of the ingest"
+    command = [sys.executable, "-m", "ctengine.cli", *arguments]
     resumed = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)
     assert report["slices"] == len(images) and report["series_skipped"] >= 1
-    assert not list(store.rglob("*.partial"))
+    assert _complete_series(store) == 24 and not list(store.rglob("*.partial"))
     root = zarr.open_group(store, mode="r")
     for (patient, series, instance), image in images.items():
         assert np.array_equal(root[f"{patient}/{series}/0"][instance - 1], image)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from ctengine import csvs, layout
-from conftest import SHARED_DATASET, make_tree
+from conftest import DATASET_CSVS, make_tree
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -79,8 +79,8 @@ def test_catalog_keys_by_patient_series_instance_not_group(tmp_path):
 
 
 def test_metadata_csvs_are_joined_and_tolerate_na():
-    details = csvs.read_details(SHARED_DATASET / "Patient_details.csv")
-    metadata = csvs.read_metadata(SHARED_DATASET / "Patients_metadata.csv")
+    details = csvs.read_details(DATASET_CSVS / "Patient_details.csv")
+    metadata = csvs.read_metadata(DATASET_CSVS / "Patients_metadata.csv.gz")
     assert len(details) == 377 and details["label"].value_counts().to_dict() == {"normal": 282, "covid": 95}
     assert details["thickness_SR_4"].isna().sum() == 7
     row = metadata[(metadata.patient == "patient1") & (metadata.series == "SR_2")].iloc[0]
@@ -90,7 +90,7 @@ def test_metadata_csvs_are_joined_and_tolerate_na():
 
 
 def test_real_label_csv_and_folds(tmp_path):
-    labels, problems = csvs.read_labels([SHARED_DATASET / "all.csv"])
+    labels, problems = csvs.read_labels([DATASET_CSVS / "all.csv.gz"])
     assert problems == [] and len(labels) == 12058
     assert labels["slice_label"].value_counts().to_dict() == {"normal": 9776, "covid": 2282}
     pd.DataFrame({"filename": ["137covid_patient1_SR_2_IM00002.tif", "bad name"],

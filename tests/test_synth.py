@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATASET
+from conftest import DATASET_CSVS
 import tifffile
 import zarr
 from scipy import ndimage
@@ -26,7 +26,7 @@ from ctengine.synth._scene import Geometry, background_prims, slice_prims
 from ctengine.synth.cohort import DETAIL_COLUMNS, META_ATTRS, REAL_SLICES, load_reference, reference_table
 from ctengine.synth.phantom import _fov, _noise_bank, _texture_bank, noise_sigma
 
-SHARED = SHARED_DATASET
+SHARED = DATASET_CSVS
 SMALL = (64, 64)
 
 
@@ -325,7 +325,7 @@ def test_patients_mode_plan():
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="real dataset CSVs not present")
 def test_bundled_reference_matches_the_real_csvs():
-    ref = reference_table(SHARED / "Patient_details.csv", SHARED / "Patients_metadata.csv", SHARED / "all.csv")
+    ref = reference_table(SHARED / "Patient_details.csv", SHARED / "Patients_metadata.csv.gz", SHARED / "all.csv.gz")
     assert ref.equals(load_reference("covid-ctset"))
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,12 +32,18 @@ __all__ = ["FeatureReport", "compute_features", "compute_series", "feature_devic
 
 @dataclass
 class FeatureReport(RunReport):
-    """What a feature run did: series computed and skipped, slices in the catalog and computed."""
+    """What a feature run did: series computed and skipped, slices in the catalog and computed.
+
+    ``spacing_unknown`` lists the series ("patient/series") without a pixel
+    spacing: their kernels ran with ``spacing=None`` (the kernels' default
+    assumption), so their areas and volumes are not measured in mm.
+    """
 
     series_computed: int = 0
     series_skipped: int = 0
     slices: int = 0
     slices_computed: int = 0
+    spacing_unknown: list[str] = field(default_factory=list)
     derived: ClassVar[tuple[str, ...]] = ("slices_per_second",)
 
     @property
@@ -78,10 +84,13 @@ def compute_series(store: Store, patient: str, series: str, device: str = "cpu")
 
     numba.set_num_threads(1)  # one task per core: the cluster runs series in parallel, not threads in a kernel
     attrs = store.series_attrs(patient, series)
-    plan = hashlib.sha256(json.dumps(attrs["checksums"]).encode()).hexdigest()  # the pixels, not the names
+    # the pixels and what the kernels were told about them, not the names: new metadata computes again
+    inputs = {"checksums": attrs["checksums"], "spacing": names.spacing(attrs), "rescale": names.rescale(attrs)}
+    plan = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+    known = names.spacing(attrs) is not None
     done = store.completed_lung(patient, series, plan)
     if done is not None:
-        return {"patient": patient, "series": series, "status": "skipped", "table": done}
+        return {"patient": patient, "series": series, "status": "skipped", "table": done, "spacing_known": known}
     raw = store.read_raw(patient, series)
     if device == "gpu":
         import cupy
@@ -92,7 +101,7 @@ def compute_series(store: Store, patient: str, series: str, device: str = "cpu")
     mask = _to_host(mask)
     table.insert(0, "instance", np.asarray(attrs["instances"], dtype=np.int64))
     store.write_lung(patient, series, mask, table, plan)
-    return {"patient": patient, "series": series, "status": "computed", "table": table}
+    return {"patient": patient, "series": series, "status": "computed", "table": table, "spacing_known": known}
 
 
 def feature_device(device: str) -> str:
@@ -147,6 +156,8 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
             report.slices_computed += len(result["table"])
         else:
             report.series_skipped += 1
+        if not result.get("spacing_known", True):
+            report.spacing_unknown.append(f"{result['patient']}/{result['series']}")
         tables.append(result["table"].assign(patient=result["patient"], series=result["series"]))
     if tables:
         _write_outputs(opened, pd.concat(tables, ignore_index=True))

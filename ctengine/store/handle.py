@@ -290,19 +290,26 @@ class Store:
     # ------------------------------------------------------------ views
 
     def series(self, patient: str, series: str):
-        """A dask-backed ``xarray.DataArray`` (instance, y, x) of raw values, mm coordinates where known."""
+        """A dask-backed ``xarray.DataArray`` (instance, y, x) of raw values, mm coordinates where known.
+
+        Where the pixel spacing is unknown, ``y`` and ``x`` count pixels and
+        their ``units`` attribute says so (``"pixel"``, with a ``note``);
+        ``z_mm`` is there only when the slice thickness is known.
+        """
         import dask.array as da
         import xarray as xr
 
         array = self.raw(patient, series)
         attrs = self.series_attrs(patient, series)
         z, ny, nx = array.shape
-        sy, sx = attrs.get("spacing_mm") or (None, None)
+        known, thickness = names.spacing(attrs), names.thickness(attrs)
         coords: dict[str, Any] = {"instance": np.asarray(attrs["instances"], dtype=np.int64)}
-        coords["y"] = np.arange(ny) * sy if sy else np.arange(ny)
-        coords["x"] = np.arange(nx) * sx if sx else np.arange(nx)
-        if attrs.get("thickness_mm"):
-            coords["z_mm"] = ("instance", np.arange(z) * float(attrs["thickness_mm"]))
+        for axis, n, step in (("y", ny, known[0] if known else None), ("x", nx, known[1] if known else None)):
+            coords[axis] = xr.Variable(axis, np.arange(n) * step if step else np.arange(n),
+                                       attrs={"units": "mm"} if step else
+                                       {"units": "pixel", "note": "pixel spacing unknown: no metadata for this series"})
+        if thickness:
+            coords["z_mm"] = ("instance", np.arange(z) * thickness)
         keep = ("thickness_mm", "spacing_mm", "kernel", "window_center", "window_width")
         slope, intercept = names.rescale(attrs)
         return xr.DataArray(da.from_zarr(array), dims=("instance", "y", "x"), coords=coords,

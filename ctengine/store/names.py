@@ -37,6 +37,8 @@ TABLE_DIM = "slice"
 CATALOG = "catalog"
 QUARANTINE = "quarantine"
 QUARANTINE_COLUMNS = ("location", "reason")
+#: prefix of the reason of an entry the ingest skipped on purpose (the rest of the table was refused)
+SKIPPED_PREFIX = "skipped: "
 #: OME-Zarr labels group of a series and the lung label inside it
 LABELS = "labels"
 LUNG = "lung"
@@ -53,6 +55,8 @@ LOCK_SUFFIX = ".lock"
 FEATURE_COLUMNS: dict[str, Any] = {"selected": False, "selected_by_area": False, "dark_count": -1}
 #: attribute holding the completion marker
 MARKER = "ctengine"
+#: value of the series attributes ``spacing_mm`` and ``thickness_mm`` when no metadata gives them
+UNKNOWN = "unknown"
 #: catalog columns whose value (the first slice's) becomes an attribute of the series group
 SERIES_CATALOG_COLUMNS = ("thickness_mm", "spacing_y_mm", "spacing_x_mm", "slope", "intercept", "kernel",
                           "window_center", "window_width")
@@ -123,12 +127,16 @@ def is_complete(attrs: Mapping[str, Any], plan: str) -> bool:
 def series_attributes(values: Mapping[str, Any], *, groups: list[str]) -> dict[str, Any]:
     """Attributes of a series group from the plain values of :data:`SERIES_CATALOG_COLUMNS`.
 
-    The two spacings become one ``spacing_mm`` [y, x] (None when either is
-    unknown); ``groups`` are the dataset groups the series was found under.
+    The two spacings become one ``spacing_mm`` [y, x]; it and
+    ``thickness_mm`` are :data:`UNKNOWN` when no metadata gives them (never
+    a guessed value). ``groups`` are the dataset groups the series was found
+    under.
     """
     attrs = {key: values[key] for key in SERIES_CATALOG_COLUMNS if key not in ("spacing_y_mm", "spacing_x_mm")}
     pair = (values["spacing_y_mm"], values["spacing_x_mm"])
-    attrs["spacing_mm"] = None if None in pair else list(pair)
+    attrs["spacing_mm"] = UNKNOWN if None in pair else list(pair)
+    if attrs["thickness_mm"] is None:
+        attrs["thickness_mm"] = UNKNOWN
     attrs["groups"] = groups
     return attrs
 
@@ -151,6 +159,28 @@ def rescale(attrs: Mapping[str, Any]) -> tuple[float, float]:
 
 
 def spacing(attrs: Mapping[str, Any]) -> tuple[float, float] | None:
-    """(y, x) pixel spacing in mm of a series, or None when unknown."""
+    """(y, x) pixel spacing in mm of a series, or None when unknown (:data:`UNKNOWN`, None or missing).
+
+    Examples
+    --------
+    >>> spacing({"spacing_mm": [0.7, 0.75]})
+    (0.7, 0.75)
+    >>> spacing({"spacing_mm": "unknown"}) is None
+    True
+    """
     value = attrs.get("spacing_mm")
-    return (float(value[0]), float(value[1])) if value else None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    return (float(value[0]), float(value[1]))
+
+
+def thickness(attrs: Mapping[str, Any]) -> float | None:
+    """Slice thickness in mm of a series, or None when unknown (:data:`UNKNOWN`, None or missing).
+
+    Examples
+    --------
+    >>> thickness({"thickness_mm": 1.5}), thickness({"thickness_mm": "unknown"})
+    (1.5, None)
+    """
+    value = attrs.get("thickness_mm")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

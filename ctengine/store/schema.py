@@ -9,6 +9,7 @@ from zarr.codecs import BloscCodec
 
 from ..constants import RAW_DTYPE
 from . import shard
+from . import names
 from .names import FORMAT, FORMAT_VERSION, LUNG, LUNG_COLORS, RAW
 
 
@@ -57,8 +58,8 @@ def series_scale(thickness_mm: float | None, spacing_y_mm: float | None,
 
 
 def attrs_scale(attrs: dict[str, Any]) -> tuple[float, float, float] | None:
-    """(z, y, x) voxel size in mm of a series from its attributes (thickness_mm, spacing_mm)."""
-    return series_scale(attrs.get("thickness_mm"), *(attrs.get("spacing_mm") or (None, None)))
+    """(z, y, x) voxel size in mm of a series from its attributes (thickness_mm, spacing_mm); None when unknown."""
+    return series_scale(names.thickness(attrs), *(names.spacing(attrs) or (None, None)))
 
 
 def create_stack_array(group: zarr.Group, n_slices: int, shape: tuple[int, int], *,
