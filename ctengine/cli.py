@@ -214,6 +214,10 @@ def features(store, device, storage_options, workers, scheduler) -> None:
     click.echo(f"features of {report.slices_computed} slices in {report.series_computed} series "
                f"({report.series_skipped} already done) in {report.seconds:.1f} s "
                f"({report.slices_per_second:.0f} slices/s); tables in {features_path(store)}/")
+    if report.spacing_unknown:
+        click.echo(f"{len(report.spacing_unknown)} series without a pixel spacing: lung-mask sizes at the nominal "
+                   f"0.7 mm per 512 pixels, areas and volumes NaN ({', '.join(report.spacing_unknown[:5])}"
+                   f"{', ...' if len(report.spacing_unknown) > 5 else ''})")
     for series, reason in report.failed_series:
         click.echo(f"failed series: {series}: {reason}", err=True)
     if report.failed_series:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -56,18 +57,22 @@ def series_features(raw: Any, *, spacing: tuple[float, float] | None, slope: flo
     """Selection, lung mask and HU statistics of one series (numpy or cupy in, same kind out).
 
     Returns ``(mask, table)``: the uint8 lung mask (z, y, x) and a DataFrame
-    with one row per slice (selection flags and counts, statistics).
+    with one row per slice (selection flags and counts, statistics). With
+    ``spacing=None`` (unknown) the lung mask's sizes use the nominal spacing
+    and areas are NaN; callers record that the spacing was unknown.
     """
-    from ..kernels import hu_stats, lung_mask, select_slices, select_slices_by_lung_area
+    from ..kernels import SpacingUnknownWarning, hu_stats, lung_mask, select_slices, select_slices_by_lung_area
 
-    selection = select_slices(raw)
-    mask = lung_mask(raw, spacing=spacing, slope=slope, intercept=intercept)
-    by_area = select_slices_by_lung_area(mask, spacing=spacing) if spacing else None
+    selection = select_slices(raw, slope=slope, intercept=intercept)
+    with warnings.catch_warnings():  # the feature report lists the series measured without a spacing
+        warnings.simplefilter("ignore", SpacingUnknownWarning)
+        mask = lung_mask(raw, spacing=spacing, slope=slope, intercept=intercept)
+    by_area = select_slices_by_lung_area(mask, spacing=spacing)
     stats = hu_stats(raw, mask, spacing=spacing, slope=slope, intercept=intercept)
     table = stats_to_frame(_to_host(stats))
     table.insert(0, "dark_count", _to_host(selection.counts))
     table.insert(0, "selected", _to_host(selection.keep))
-    table.insert(2, "selected_by_area", _to_host(by_area.keep) if by_area else False)
+    table.insert(2, "selected_by_area", _to_host(by_area.keep))
     return mask, table
 
 
