@@ -77,15 +77,16 @@ def test_quick_run_appends_the_table(quick_run):
 def _ingest_result(ratio: float) -> dict:
     machine = {"node": "vm", "usable_cpus": 2, "memory_gib": 24.0, "load_average_start": [2.0, 2.0, 2.0],
                "load_average_end": [3.0, 2.0, 2.0]}
-    return {"machine": machine, "date": "2026-11-27", "speedup_vs_naive": ratio, "speedup_vs_dask_image": 2.0,
-            "fraction_of_ceiling": 0.2, "ctengine": {"slices_per_s": 100.0 * ratio}, "naive": {"slices_per_s": 100.0}}
+    return {"machine": machine, "date": "2026-11-27", "speedup": {"per_series_loop": ratio, "dask_image": 2.0},
+            "fraction_of_ceiling": 0.2, "ctengine": {"slices_per_s": 100.0 * ratio},
+            "per_series_loop": {"slices_per_s": 100.0}}
 
 
 def test_results_md_update_is_idempotent_and_keeps_the_rest(tmp_path):
     before = "# Benchmark results\n\nAnalysis | with a pipe.\n\n"
     after = "\n## Notes\n\nMore hand-written text.\n"
     old_rows = ("| training | old: 1.00x | 5 | 4 | vm | 2026-01-01 |\n"
-                "| ingest | ingest vs naive loop: 1.00x | 1 | 1 | vm | 2026-01-01 |\n")
+                "| ingest | ingest vs per-series loop: 1.00x | 1 | 1 | vm | 2026-01-01 |\n")
     md = tmp_path / "RESULTS.md"
     md.write_text(f"{before}{bench.BEGIN}\n| benchmark | x |\n|---|---|\n{old_rows}{bench.END}\n{after}")
     result = _ingest_result(2.5)
@@ -95,7 +96,7 @@ def test_results_md_update_is_idempotent_and_keeps_the_rest(tmp_path):
     assert md.read_text() == once
     assert once.startswith(before + bench.BEGIN) and once.endswith(bench.END + "\n" + after)
     block = once[len(before):-len(after)]
-    assert "| ingest | ingest vs naive loop: 2.50x | 250 | 100 | vm, 2 cores, 24 GiB, load 2.0 to 3.0 | 2026-11-27 |" \
+    assert "| ingest | ingest vs per-series loop: 2.50x | 250 | 100 | vm, 2 cores, 24 GiB, load 2.0 to 3.0 | 2026-11-27 |" \
         in block
     assert "| training | old: 1.00x | 5 | 4 | vm | 2026-01-01 |" in block
     assert "2026-01-01 |\n| ingest" not in block and block.index("| ingest |") < block.index("| training |")

@@ -54,3 +54,34 @@ def _warm() -> None:
 
     for module in ("ctengine.ingestion", "ctengine.features", "ctengine.kernels"):
         importlib.import_module(module)
+
+
+class CpuClock:
+    """CPU seconds (user + sys) of this process and all its descendants between start and :meth:`seconds`.
+
+    Descendants alive at either end are read with psutil; children that ended and were waited for count
+    through ``RUSAGE_CHILDREN``. Work of a grandchild reaped by a child that is still alive is lost.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._now()
+
+    @staticmethod
+    def _now() -> float:
+        import resource
+
+        import psutil
+
+        me = psutil.Process()
+        total = sum(me.cpu_times()[:2])
+        for child in me.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.Error:  # ended since it was listed
+                pass
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return total + reaped.ru_utime + reaped.ru_stime
+
+    def seconds(self) -> float:
+        """CPU seconds since the clock was made."""
+        return self._now() - self._start
