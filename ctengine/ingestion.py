@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 import pandas as pd
 
-from . import csvs, layout
+from . import csvs, layout, sources as other_sources
 from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
 from .driver import RunReport, map_series
 from .store import Store, names, open_store, store_lock
@@ -97,7 +97,8 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
     if done is not None:
         return {"patient": task.patient, "series": task.series, "status": "skipped", "bytes_raw": 0,
                 "bytes_stored": 0, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
-    instances, images, checksums, quarantined = _read_series(task)
+    # DICOM and volume series (ctengine.sources) read themselves
+    instances, images, checksums, quarantined = task.read() if hasattr(task, "read") else _read_series(task)
     result = {"patient": task.patient, "series": task.series, "instances": instances, "checksums": checksums,
               "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0}
     group = task.store.begin_series(task.patient, task.series)
@@ -156,7 +157,8 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
     Parameters
     ----------
     sources : paths
-        Folders, zip archives (or their ``.zip.NNN`` parts) and TIFF files.
+        Folders, zip archives (or their ``.zip.NNN`` parts) and TIFF files;
+        DICOM folders and files, NIfTI and NRRD files (:mod:`ctengine.sources`).
     store : str
         Local path or fsspec URL of the store (created if missing).
     details, metadata, labels : paths, optional
@@ -173,16 +175,20 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
     """
     url = names.resolve(store)
     started = time.perf_counter()
-    files, catalog, details_table, rejected = plan_ingest(sources, details=details, metadata=metadata,
+    tiff_sources, dicoms, volumes = other_sources.split_sources(sources)
+    files, catalog, details_table, rejected = plan_ingest(tiff_sources, details=details, metadata=metadata,
                                                           labels=labels)
-    report = IngestReport(store=url, quarantined=list(rejected))
+    planned = other_sources.plan_sources(dicoms, volumes)  # DICOM folders, NIfTI / NRRD files
+    report = IngestReport(store=url, quarantined=list(rejected) + planned.rejected)
     with store_lock(url):
         opened = open_store(url, mode="a", storage_options=storage_options)
         opened.initialise()
+        tasks = _series_tasks(opened, files, catalog, shape) + planned.tasks(opened)
+        catalog = other_sources.merge_catalog(catalog, planned)
         _write_patient_groups(opened, catalog, details_table)
-        tasks = _series_tasks(opened, files, catalog, shape)
         results = _run(tasks, client, progress=progress, report=report)
         catalog = _keep_feature_columns(_apply_results(catalog, results, report), opened, results)
+        catalog = other_sources.finish_catalog(catalog, opened, planned)
         report.catalog_written = opened.write_table(names.CATALOG, catalog, if_changed=True)
         quarantine = pd.DataFrame(report.quarantined, columns=list(names.QUARANTINE_COLUMNS))
         opened.write_table(names.QUARANTINE, quarantine, if_changed=True)

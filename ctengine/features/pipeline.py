@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from ..constants import DEVICES
+from ..constants import DEFAULT_INTERCEPT, DEFAULT_SLOPE, DEVICES
 from ..driver import RunReport, map_series
 from ..store import Store, names, open_store
 from .aggregate import stats_to_frame
@@ -54,7 +54,7 @@ def series_features(raw: Any, *, spacing: tuple[float, float] | None, slope: flo
     """
     from ..kernels import hu_stats, lung_mask, select_slices, select_slices_by_lung_area
 
-    selection = select_slices(raw)
+    selection = select_slices(_as_hu_plus_1024(raw, slope, intercept))
     mask = lung_mask(raw, spacing=spacing, slope=slope, intercept=intercept)
     by_area = select_slices_by_lung_area(mask, spacing_mm=spacing) if spacing else None
     stats = hu_stats(raw, mask, spacing=spacing, slope=slope, intercept=intercept)
@@ -63,6 +63,18 @@ def series_features(raw: Any, *, spacing: tuple[float, float] | None, slope: flo
     table.insert(0, "selected", _to_host(selection.keep))
     table.insert(2, "selected_by_area", _to_host(by_area.keep) if by_area else False)
     return mask, table
+
+
+def _as_hu_plus_1024(raw: Any, slope: float, intercept: float) -> Any:
+    """Raw values in the COVID-CTset convention (HU + 1024, uint16) for the authors' raw-valued selection.
+
+    Series stored that way (slope 1, intercept -1024) are returned as they
+    are; others (DICOM stored values with an offset) are rescaled, so the
+    selection's dark threshold (raw < 300) means HU < -724 for every series.
+    """
+    if (slope, intercept) == (DEFAULT_SLOPE, DEFAULT_INTERCEPT):
+        return raw
+    return (raw * slope + (intercept - DEFAULT_INTERCEPT)).round().clip(0, 65535).astype(np.uint16)
 
 
 def _to_host(value: Any) -> Any:
