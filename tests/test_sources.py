@@ -232,6 +232,13 @@ def test_verify_source_detects_a_changed_dicom_file(tmp_path, client):
     ds.save_as(changed)
     report = verify(store, sources=[folder], client=client)
     assert report.mismatches == [(str(changed), "source pixels differ from the stored slice")]
+    from click.testing import CliRunner
+
+    from ctengine.cli import main
+
+    result = CliRunner().invoke(main, ["verify", str(store), "--source", str(folder),
+                                       "--scheduler", client.scheduler.address])
+    assert result.exit_code == 1 and f"MISMATCH {changed}: source pixels differ" in result.output
 
 
 # ---------------------------------------------------------------- refusals
@@ -345,3 +352,55 @@ def test_no_phi_in_store_catalog_or_log(tmp_path, client):
         blobs.append(path.read_bytes())
     assert len(blobs) > 10
     assert not [n for n in needles for blob in blobs if n in blob]
+
+
+# ---------------------------------------------------------------- keys, axes, encoding, docstrings
+
+def test_keys_are_sanitised_and_collisions_get_the_uid_hash():
+    from ctengine.sources import keys
+
+    assert keys.patient_key("LIDC IDRI/0001", "1.2") == "lidc-idri-0001"
+    assert keys.patient_key("", "1.2") == f"dicom-{keys.short_hash('1.2')}"
+    assert keys.patient_key("quarantine", "1.2") == "p-quarantine"
+    assert keys.series_key("2", "1.2.3") == "SR_2"
+    assert keys.series_key("2", "1.2.3", collides=True) == f"SR_2_{keys.short_hash('1.2.3')}"
+
+
+@pytest.mark.parametrize("orientation, axes", [
+    ((1, 0, 0, 0, 1, 0), (False, False, False)),
+    ((-1, 0, 0, 0, -1, 0), (False, True, True)),
+    ((0, 1, 0, 1, 0, 0), (True, False, False)),
+])
+def test_in_plane_axes(orientation, axes):
+    assert dicom_mod.in_plane_axes(orientation) == axes
+
+
+def test_flipped_series_stored_in_the_store_orientation(tmp_path, client):
+    for name in SUBSET[:3]:  # rows toward the patient's right, columns toward anterior: both flipped
+        ds = pydicom.dcmread(_lidc(name))
+        ds.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]
+        ds.PixelData = ds.pixel_array[::-1, ::-1].copy().tobytes()
+        ds.save_as(tmp_path / name)
+    ctengine.ingest([tmp_path], tmp_path / "f.zarr", client=client, progress=False)
+    pixels, _ = _pydicom_stack(_copy(SUBSET[:3], tmp_path / "plain", rename=False))
+    np.testing.assert_array_equal(open_store(tmp_path / "f.zarr").read_raw(PATIENT, SERIES), pixels.astype(np.int64) + 32768)
+
+
+def test_encode_is_exactly_invertible():
+    stored = np.array([[[-2048, -1024, 0, 3071]]], dtype=np.int16)
+    raw, mapping = dicom_mod.encode(stored, slope=1.0, intercept=-1024.0)
+    np.testing.assert_array_equal(raw.astype(np.int64) - mapping["offset"], stored)
+    np.testing.assert_array_equal(raw * mapping["slope"] + mapping["intercept"], stored - 1024.0)
+    raw, mapping = dicom_mod.encode(stored.astype(np.uint16) + 2048, slope=0.5, intercept=-1024.0)
+    assert mapping["encoding"] == "stored" and mapping["offset"] == 0 and mapping["intercept"] == -1024.0
+    with pytest.raises(ValueError, match="do not fit"):
+        dicom_mod.apply_offset(stored, 0)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from ctengine.sources import keys, volume
+
+    for module in (keys, dicom_mod, volume):
+        assert doctest.testmod(module).failed == 0

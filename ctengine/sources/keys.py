@@ -39,7 +39,7 @@ def short_hash(text: str) -> str:
     Examples
     --------
     >>> short_hash("1.2.3")
-    'f4b10b89'
+    '6f9f3348'
     """
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
@@ -73,7 +73,7 @@ def series_key(series_number: str | int | None, series_uid: str, *, collides: bo
     >>> series_key("3000566", "1.2.3")
     'SR_3000566'
     >>> series_key(None, "1.2.3")
-    'SR_x_f4b10b89'
+    'SR_x_6f9f3348'
     """
     number = re.sub(r"[^0-9A-Za-z]+", "", str(series_number)) if series_number not in (None, "") else ""
     if number and not collides:
