@@ -22,6 +22,7 @@ so that HU = raw * slope + intercept holds.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections import Counter
@@ -148,6 +149,7 @@ def read_header(path: str) -> Header:
         window_center=_float(ds.get("WindowCenter")), window_width=_float(ds.get("WindowWidth")))
 
 
+@functools.lru_cache(maxsize=64)
 def decoder_available(transfer_syntax: str) -> bool:
     """Whether pydicom can decode pixel data of this transfer syntax with what is installed."""
     from pydicom.pixels import get_decoder
