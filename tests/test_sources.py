@@ -207,6 +207,12 @@ def test_info_and_loader(stores):
     info = store_info(stores["store"])
     assert (info["patients"], info["series"], info["slices"]) == (2, 2, 40)
     assert info["labels"]["unknown"]["slices"] == 40
+    from click.testing import CliRunner
+
+    from ctengine.cli import main
+
+    result = CliRunner().invoke(main, ["info", str(stores["store"]), "--json"])
+    assert result.exit_code == 0 and '"slices": 40' in result.output
     pytest.importorskip("torch", reason="the loader needs torch (train extra)")
     from ctengine.learn.loader import SliceLoader
 
@@ -302,6 +308,12 @@ def test_mixed_orientations_refused(tmp_path):
     plan = _plan(tmp_path)
     assert plan.series == [] and len(plan.rejected) == 2
     assert all("mixed orientations" in r for _, r in plan.rejected)
+
+
+def test_multi_frame_refused(tmp_path):
+    _edit(_lidc("1-060.dcm"), tmp_path / "a.dcm", NumberOfFrames=2)
+    plan = _plan(tmp_path)
+    assert plan.series == [] and plan.rejected[0][1].startswith("multi-frame image (2 frames")
 
 
 def test_not_axial_refused(tmp_path):

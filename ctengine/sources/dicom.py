@@ -64,6 +64,7 @@ class Header:
     bits_allocated: int
     pixel_representation: int
     samples: int
+    frames: int
     photometric: str
     orientation: tuple[float, ...] | None
     position: tuple[float, float, float] | None
@@ -138,7 +139,8 @@ def read_header(path: str) -> Header:
         rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
         bits_allocated=int(ds.get("BitsAllocated", 0) or 0),
         pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
-        samples=int(ds.get("SamplesPerPixel", 1) or 1), photometric=str(ds.get("PhotometricInterpretation", "")),
+        samples=int(ds.get("SamplesPerPixel", 1) or 1), frames=int(ds.get("NumberOfFrames", 1) or 1),
+        photometric=str(ds.get("PhotometricInterpretation", "")),
         orientation=_floats(ds.get("ImageOrientationPatient"), 6),
         position=_floats(ds.get("ImagePositionPatient"), 3),
         pixel_spacing=_floats(ds.get("PixelSpacing"), 2), thickness=_float(ds.get("SliceThickness")),
@@ -173,6 +175,8 @@ def file_problem(header: Header) -> str | None:
     if header.samples != 1 or header.bits_allocated != 16 or header.photometric != "MONOCHROME2":
         return (f"not 16-bit grayscale ({header.samples} samples, {header.bits_allocated} bits allocated, "
                 f"{header.photometric or 'no photometric interpretation'})")
+    if header.frames > 1:
+        return f"multi-frame image ({header.frames} frames; enhanced CT is not supported)"
     if header.orientation is None or header.position is None:
         return "no ImageOrientationPatient / ImagePositionPatient"
     if not decoder_available(header.transfer_syntax):
