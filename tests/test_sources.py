@@ -416,3 +416,32 @@ def test_docstring_examples():
 
     for module in (keys, dicom_mod, volume):
         assert doctest.testmod(module).failed == 0
+
+
+def test_tiff_tree_and_dicom_in_one_store(tmp_path, client):
+    from conftest import make_tree
+
+    images = make_tree(tmp_path / "tiff")
+    folder = _copy(SUBSET[:3], tmp_path / "dicom")
+    store = tmp_path / "m.zarr"
+    report = ctengine.ingest([tmp_path / "tiff", folder], store, client=client, progress=False, shape=(64, 64))
+    assert report.quarantined == [] and report.slices_written == len(images) + 3
+    catalog = open_store(store).catalog
+    tiff_rows = catalog[catalog["patient"] != PATIENT]
+    assert len(tiff_rows) == len(images) and set(tiff_rows["sop_uid"]) == {""}
+    assert catalog.loc[catalog["patient"] == PATIENT, "sop_uid"].str.len().min() > 10
+    np.testing.assert_array_equal(open_store(store).read_raw("patient1", "SR_2")[0],
+                                  images[("patient1", "SR_2", 1)])
+    result = verify(store, sources=[tmp_path / "tiff", folder], client=client)
+    assert result.ok and result.sources_checked == len(images) + 3
+
+
+def test_colliding_series_numbers_get_the_uid_hash(tmp_path):
+    from ctengine.sources import keys
+
+    shutil.copy(_lidc("1-060.dcm"), tmp_path / "a.dcm")
+    _edit(_lidc("1-061.dcm"), tmp_path / "b.dcm", SeriesInstanceUID="1.2.826.0.1.7")
+    plan = _plan(tmp_path)
+    assert sorted(spec.series for spec in plan.series) == sorted(
+        f"SR_3000566_{keys.short_hash(uid)}" for uid in ("1.2.826.0.1.7", str(pydicom.dcmread(
+            _lidc("1-060.dcm"), stop_before_pixels=True).SeriesInstanceUID)))
