@@ -407,6 +407,8 @@ def test_encode_is_exactly_invertible():
     assert mapping["encoding"] == "stored" and mapping["offset"] == 0 and mapping["intercept"] == -1024.0
     with pytest.raises(ValueError, match="do not fit"):
         dicom_mod.apply_offset(stored, 0)
+    with pytest.raises(ValueError, match="not 16-bit"):
+        dicom_mod.apply_offset(stored.astype(np.int32), 0)
 
 
 def test_docstring_examples():

@@ -74,7 +74,10 @@ def _as_hu_plus_1024(raw: Any, slope: float, intercept: float) -> Any:
     """
     if (slope, intercept) == (DEFAULT_SLOPE, DEFAULT_INTERCEPT):
         return raw
-    return (raw * slope + (intercept - DEFAULT_INTERCEPT)).round().clip(0, 65535).astype(np.uint16)
+    out = raw.astype(np.uint16, copy=True)  # numpy or cupy, converted slice by slice: no float stack
+    for z in range(out.shape[0]):
+        out[z] = (raw[z] * slope + (intercept - DEFAULT_INTERCEPT)).round().clip(0, 65535)
+    return out
 
 
 def _to_host(value: Any) -> Any:

@@ -287,24 +287,29 @@ def encode(stored: np.ndarray, *, slope: float, intercept: float) -> tuple[np.nd
     >>> raw.tolist(), m["encoding"], m["offset"], m["intercept"]
     ([[[0, 2000]]], 'hu+1024', 0, -1024.0)
     """
-    values = stored.astype(np.int64)
     mapping: dict[str, Any] = {"rescale_slope": slope, "rescale_intercept": intercept, "stored_dtype": str(stored.dtype)}
-    if slope == 1.0 and float(intercept).is_integer() and values.size:
+    if slope == 1.0 and float(intercept).is_integer() and stored.size:
         shift = int(intercept) + HU_OFFSET
-        if values.min() + shift >= 0 and values.max() + shift <= np.iinfo(RAW_DTYPE).max:
+        if _fits(stored, shift):
             mapping.update(encoding="hu+1024", offset=shift, slope=1.0, intercept=float(-HU_OFFSET))
-            return (values + shift).astype(RAW_DTYPE), mapping
+            return apply_offset(stored, shift), mapping
     offset = INT16_OFFSET if stored.dtype.kind == "i" else 0
     mapping.update(encoding="stored", offset=offset, slope=slope, intercept=float(intercept - offset * slope))
-    return (values + offset).astype(RAW_DTYPE), mapping
+    return apply_offset(stored, offset), mapping
+
+
+def _fits(stored: np.ndarray, offset: int) -> bool:
+    return not stored.size or (int(stored.min()) + offset >= 0 and int(stored.max()) + offset <= 65535)
 
 
 def apply_offset(stored: np.ndarray, offset: int) -> np.ndarray:
-    """raw = stored + offset as uint16; ValueError when a value falls outside 0..65535."""
-    values = stored.astype(np.int64) + offset
-    if values.size and (values.min() < 0 or values.max() > np.iinfo(RAW_DTYPE).max):
-        raise ValueError(f"values {values.min() - offset}..{values.max() - offset} do not fit the stored offset")
-    return values.astype(RAW_DTYPE)
+    """raw = stored + offset as uint16 (no wider temporary); ValueError when a value falls outside 0..65535."""
+    if stored.dtype.itemsize > 2 or stored.dtype.kind not in "iu":
+        raise ValueError(f"stored values of type {stored.dtype} are not 16-bit integers")
+    if not _fits(stored, offset):
+        raise ValueError(f"values {stored.min()}..{stored.max()} do not fit the stored offset {offset}")
+    # modulo 2**16 the sum is exact, and it lies in 0..65535, so it is the sum itself
+    return stored.astype(RAW_DTYPE) + RAW_DTYPE.type(offset % 65536)
 
 
 def relative_name(path: str, root: str) -> str:

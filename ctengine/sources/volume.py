@@ -92,7 +92,7 @@ def hu_to_stored_raw(hu: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
     ([0, 0, 1064, 65535], 1, 1, 1)
     """
     hu = np.asarray(hu)
-    rounded = np.rint(hu.astype(np.float64))
+    rounded = np.rint(hu) if hu.dtype.kind == "f" else hu.astype(np.int64)
     value = rounded + HU_OFFSET
     outside = hu <= OUTSIDE_FOV_HU
     counts = {"outside_fov": int(outside.sum()),
@@ -105,7 +105,10 @@ def hu_to_stored_raw(hu: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
 
 
 def read_volume(path: str, geometry: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    """The raw uint16 (z, y, x) stack of a volume in the store's orientation, and its conversion record."""
+    """The raw uint16 (z, y, x) stack of a volume in the store's orientation, and its conversion record.
+
+    Converted slice by slice, so the only full-size temporaries are the file's values and the result.
+    """
     if geometry["format"] == "nrrd":
         import nrrd
 
@@ -116,7 +119,11 @@ def read_volume(path: str, geometry: dict[str, Any]) -> tuple[np.ndarray, dict[s
         data = np.asarray(nib.load(path).dataobj)
     data = np.transpose(data, geometry["order"])
     data = data[tuple(slice(None, None, -1) if f else slice(None) for f in geometry["flips"])]
-    raw, counts = hu_to_stored_raw(np.ascontiguousarray(data))
+    raw = np.empty(data.shape, dtype=RAW_DTYPE)
+    counts: dict[str, int] = {}
+    for z in range(data.shape[0]):
+        raw[z], found = hu_to_stored_raw(data[z])
+        counts = {k: counts.get(k, 0) + v for k, v in found.items()}
     record = {"kind": geometry["format"], "conversion": CONVERSION, "outside_fov_hu": OUTSIDE_FOV_HU,
               "axes_order": list(geometry["order"]), "axes_flipped": list(geometry["flips"]), **counts}
     return raw, record
