@@ -447,3 +447,13 @@ def test_colliding_series_numbers_get_the_uid_hash(tmp_path):
     assert sorted(spec.series for spec in plan.series) == sorted(
         f"SR_3000566_{keys.short_hash(uid)}" for uid in ("1.2.826.0.1.7", str(pydicom.dcmread(
             _lidc("1-060.dcm"), stop_before_pixels=True).SeriesInstanceUID)))
+
+
+def test_dicomdir_and_other_files_ignored(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    shutil.copy(_lidc("1-060.dcm"), tmp_path / "a.dcm")
+    shutil.copy(get_testdata_file("DICOMDIR"), tmp_path / "DICOMDIR")
+    (tmp_path / "notes.xml").write_text("<notes/>")
+    plan = _plan(tmp_path)
+    assert plan.rejected == [] and [len(spec.locations) for spec in plan.series] == [1]

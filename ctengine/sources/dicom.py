@@ -44,6 +44,8 @@ DUPLICATE_MM = 0.01
 SPACING_TOLERANCE = 0.1
 #: offset that makes int16 values uint16
 INT16_OFFSET = 32768
+#: SOP class of a DICOMDIR (Media Storage Directory Storage): an index, not an image
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 
 @dataclass(frozen=True)
@@ -111,13 +113,13 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     return tuple(float(v) for v in value)
 
 
-def read_header(path: str) -> Header:
-    """The ingest tags of one file, pixels not read.
+def read_header(path: str) -> Header | None:
+    """The ingest tags of one file, pixels not read; None for a DICOMDIR (an index of files).
 
     Raises
     ------
     ValueError
-        Not a readable DICOM file, or the file is a directory record (DICOMDIR).
+        Not a readable DICOM file, or not an image (no study / series UID).
     """
     import pydicom
 
@@ -128,6 +130,8 @@ def read_header(path: str) -> Header:
     except Exception as exc:  # pydicom raises many types for files that are not DICOM
         raise ValueError(f"unreadable DICOM ({type(exc).__name__}: {exc})") from None
     meta = getattr(ds, "file_meta", None)
+    if str(getattr(meta, "MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
+        return None
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
     if "StudyInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
         raise ValueError("not a DICOM image (no StudyInstanceUID / SeriesInstanceUID)")

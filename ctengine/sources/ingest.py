@@ -76,11 +76,18 @@ class SeriesPlan:
 
 @dataclass
 class SourceSeriesTask:
-    """A series of a DICOM folder or volume file, as :func:`ctengine.ingestion.ingest_series` runs it."""
+    """A series of a DICOM folder or volume file, as :func:`ctengine.ingestion.ingest_series` runs it.
+
+    It has what ``ingest_series`` asks of a task (store, patient, series,
+    instances, attrs, plan) and reads its own pixels (:meth:`read`).
+    """
 
     store: Store
     spec: SeriesPlan
-    attrs: dict[str, Any] = field(default_factory=dict)
+    patient: str = field(init=False)
+    series: str = field(init=False)
+    instances: list[int] = field(init=False)
+    attrs: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
         self.patient, self.series = self.spec.patient, self.spec.series
@@ -193,7 +200,7 @@ def _plan_dicom(files: list[tuple[str, str]], plan: SourcePlan) -> None:
         except ValueError as exc:
             plan.rejected.append((path, str(exc)))
             continue
-        if header.study_uid and "DIRECTORY" in header.modality.upper():
+        if header is None:  # a DICOMDIR
             continue
         problem = dicom.file_problem(header)
         if problem:
