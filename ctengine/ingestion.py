@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from . import csvs, layout
+from . import csvs, layout, sources as other_sources
 from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
 from .driver import map_series
 from .ingest_report import (SKIPPED_PREFIX, IngestReport, NothingToIngestError, count_entries, nothing_matched,
@@ -67,13 +67,17 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
     """Store one series; return its instances, checksums, quarantine and byte counts."""
     done = task.store.completed_series(task.patient, task.series, task.plan)
     if done is not None:
-        if {k: done.get(k) for k in task.attrs} != json.loads(json.dumps(task.attrs)):  # new metadata only
-            kept = {k: done[k] for k in ("instances", "checksums", "quarantined")}
-            task.store.finish_series(task.store.series_group(task.patient, task.series), {**task.attrs, **kept},
+        # attributes set when the pixels are read (a DICOM series' stored-value rescale) stay as stored
+        kept = {k: done[k] for k in ("instances", "checksums", "quarantined", *getattr(task, "read_fields", ()))
+                if k in done}
+        given = {k: v for k, v in task.attrs.items() if k not in kept}
+        if {k: done.get(k) for k in given} != json.loads(json.dumps(given)):  # new metadata only
+            task.store.finish_series(task.store.series_group(task.patient, task.series), {**given, **kept},
                                      task.plan)
         return {"patient": task.patient, "series": task.series, "status": "skipped", "bytes_raw": 0,
                 "bytes_stored": 0, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
-    instances, images, checksums, quarantined = _read_series(task)
+    # DICOM and volume series (ctengine.sources) read themselves
+    instances, images, checksums, quarantined = task.read() if hasattr(task, "read") else _read_series(task)
     result = {"patient": task.patient, "series": task.series, "instances": instances, "checksums": checksums,
               "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0}
     group = task.store.begin_series(task.patient, task.series)
@@ -155,6 +159,7 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
     ----------
     sources : paths
         Folders, zip archives (or their ``.zip.NNN`` parts) and TIFF files;
+        DICOM folders and files, NIfTI and NRRD files (:mod:`ctengine.sources`);
         symbolic links are followed.
     store : str
         Local path or fsspec URL of the store (created if missing).
@@ -181,20 +186,27 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
     """
     url = names.resolve(store)
     started = time.perf_counter()
-    plan = plan_ingest(sources, details=details, metadata=metadata, labels=labels)
-    report = IngestReport(store=url, quarantined=list(plan.quarantined), skipped=list(plan.skipped),
+    tiff_sources, dicoms, volumes = other_sources.split_sources(sources)
+    plan = plan_ingest(tiff_sources, details=details, metadata=metadata, labels=labels)
+    planned = other_sources.plan_sources(dicoms, volumes)  # DICOM folders, NIfTI / NRRD files
+    read_elsewhere = {path for path, _ in dicoms} | set(volumes)
+    report = IngestReport(store=url, quarantined=list(plan.quarantined) + planned.rejected,
+                          skipped=[(where, why) for where, why in plan.skipped if where not in read_elsewhere],
                           metadata=plan.metadata)
-    if plan.files.empty:
+    if plan.files.empty and not planned.series:
         raise NothingToIngestError(nothing_matched(sources, report))
     with store_lock(url):
         opened = open_store(url, mode="a", storage_options=storage_options)
         opened.initialise()
-        _write_patient_groups(opened, plan.catalog, plan.details)
-        tasks = _series_tasks(opened, plan.files, plan.catalog, shape)
+        tasks = _series_tasks(opened, plan.files, plan.catalog, shape) + planned.tasks(opened)
+        catalog = other_sources.merge_catalog(plan.catalog, planned)
+        _write_patient_groups(opened, catalog, plan.details)
         _count_unknown(tasks, report)
         results = _run(tasks, client, progress=progress, report=report)
-        catalog = _keep_feature_columns(_apply_results(plan.catalog, results, report), opened, results)
+        catalog = _keep_feature_columns(_apply_results(catalog, results, report), opened, results)
+        catalog = other_sources.finish_catalog(catalog, opened, planned)
         count_entries(plan.files, catalog, report)
+        report.entries_stored += other_sources.entries_stored(catalog, planned, report.failed_series)
         if len(catalog) or names.CATALOG not in opened.root:  # a run that stores nothing keeps the old catalog
             report.catalog_written = opened.write_table(names.CATALOG, catalog, if_changed=True)
         rows = report.quarantined + [(where, SKIPPED_PREFIX + why) for where, why in report.skipped]

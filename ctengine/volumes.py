@@ -18,7 +18,7 @@ import numpy as np
 
 from .constants import HU_OFFSET
 
-__all__ = ["Volume", "hu_to_raw", "package_file", "read_nifti", "read_nrrd", "to_store_orientation"]
+__all__ = ["Volume", "hu_to_raw", "package_file", "read_nifti", "read_nrrd", "store_axes", "to_store_orientation"]
 
 #: stored raw values are clipped to 12 bits, as in COVID-CTset
 RAW_MAX = 4095
@@ -57,6 +57,41 @@ def hu_to_raw(hu: np.ndarray, *, outside_hu: float | None = None) -> np.ndarray:
     return raw
 
 
+def store_axes(directions_lps: np.ndarray) -> tuple[list[int], list[bool], np.ndarray]:
+    """How a volume's axes map onto the store's (z, y, x), from their directions alone.
+
+    Parameters
+    ----------
+    directions_lps : (3, 3) array
+        Row i: the LPS direction (mm per index step) of axis i.
+
+    Returns
+    -------
+    (order, flips, spacing): ``order[k]`` is the volume axis that becomes
+    store axis k, ``flips[k]`` whether it is reversed, ``spacing`` the
+    (z, y, x) voxel size in mm.
+
+    Raises
+    ------
+    ValueError
+        The axes are oblique (not within 1 degree of the patient axes) or degenerate.
+    """
+    d = np.asarray(directions_lps, dtype=np.float64)
+    step = np.linalg.norm(d, axis=1)
+    unit = d / step[:, None]
+    order, flips = [], []
+    for target in _STORE_LPS:
+        cos = unit @ target
+        i = int(np.argmax(np.abs(cos)))
+        if abs(cos[i]) < np.cos(np.deg2rad(1.0)):
+            raise ValueError(f"volume axes are oblique (direction cosines {unit.round(3).tolist()})")
+        order.append(i)
+        flips.append(bool(cos[i] < 0))
+    if sorted(order) != [0, 1, 2]:
+        raise ValueError(f"volume axes are degenerate (direction cosines {unit.round(3).tolist()})")
+    return order, flips, step[order]
+
+
 def to_store_orientation(data: np.ndarray, directions_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reorder and flip a volume's axes into the store's (z, y, x).
 
@@ -76,22 +111,10 @@ def to_store_orientation(data: np.ndarray, directions_lps: np.ndarray) -> tuple[
     ValueError
         The axes are oblique (not within 1 degree of the patient axes).
     """
-    d = np.asarray(directions_lps, dtype=np.float64)
-    step = np.linalg.norm(d, axis=1)
-    unit = d / step[:, None]
-    order, flips = [], []
-    for target in _STORE_LPS:
-        cos = unit @ target
-        i = int(np.argmax(np.abs(cos)))
-        if abs(cos[i]) < np.cos(np.deg2rad(1.0)):
-            raise ValueError(f"volume axes are oblique (direction cosines {unit.round(3).tolist()})")
-        order.append(i)
-        flips.append(cos[i] < 0)
-    if sorted(order) != [0, 1, 2]:
-        raise ValueError(f"volume axes are degenerate (direction cosines {unit.round(3).tolist()})")
+    order, flips, spacing = store_axes(directions_lps)
     out = np.transpose(data, order)
     out = out[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
-    return np.ascontiguousarray(out), step[order]
+    return np.ascontiguousarray(out), spacing
 
 
 def read_nifti(path: str | Path) -> Volume:

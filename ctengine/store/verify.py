@@ -86,11 +86,18 @@ def verify(store: str | os.PathLike, *, sources: Iterable[str | os.PathLike] = (
     -------
     VerifyReport
     """
+    from ..sources import split_sources, verify_sources
+
     started = time.perf_counter()
     opened = open_store(store, storage_options=storage_options)
     catalog, quarantined = opened.catalog, set(opened.quarantine["location"])
     report = VerifyReport(store=opened.url, slices_checked=len(catalog))
-    per_series = _source_copies(catalog, list(sources), quarantined, report)
+    tiff_sources, dicoms, volumes = split_sources(sources)  # DICOM and volume sources: ctengine.sources
+    checked, problems, failed = verify_sources(dicoms, volumes, opened, client=client, progress=progress)
+    report.mismatches.extend(problems)
+    report.failed_series.extend(failed)
+    per_series = _source_copies(catalog, tiff_sources, quarantined, report)
+    report.sources_checked += checked
     expected = {key: rows.sort_values("z")["checksum"].tolist() for key, rows in catalog.groupby(["patient", "series"])}
     outcome = map_series(_check_series, [(opened, p, s, sums, per_series.get((p, s), []))
                                          for (p, s), sums in expected.items()],
@@ -109,6 +116,8 @@ def _source_copies(catalog: pd.DataFrame, sources: list, quarantined: set[str],
     if not sources:
         return {}
     files = layout.scan(sources).files
+    if not len(files):  # e.g. only DICOM folders
+        return {}
     locations = [f"{a}::{p}" if a else p for a, p in zip(files["archive"], files["path"])]
     files = files[[loc not in quarantined for loc in locations]]
     merged = files.merge(catalog[["patient", "series", "instance", "checksum"]],
@@ -117,7 +126,7 @@ def _source_copies(catalog: pd.DataFrame, sources: list, quarantined: set[str],
     report.mismatches.extend((f"{a}::{p}" if a else p, "source slice is not in the store")
                              for a, p in zip(missing["archive"], missing["path"]))
     merged = merged.dropna(subset=["checksum"])
-    report.sources_checked = len(merged)
+    report.sources_checked += len(merged)
     return {key: [(checksum, list(zip(copies["archive"], copies["path"], copies["name"])))
                   for checksum, copies in rows.groupby("checksum")]
             for key, rows in merged.groupby(["patient", "series"])}
