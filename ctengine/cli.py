@@ -81,12 +81,24 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--flat", is_flag=True, help="Also write the flat Training&Validation layout.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: one per core).")
-def synth(out, patients, slices_per_series, like, fraction, seed, flat, workers) -> None:
+@click.option("--base", type=click.Path(exists=True), default=None,
+              help="A real chest CT (NIfTI, NRRD or DICOM folder): patients made from it, lesions inserted in "
+                   "half of them, truth in OUT/truth.zarr.")
+def synth(out, patients, slices_per_series, like, fraction, seed, flat, workers, base) -> None:
     """Write a synthetic cohort in the exact COVID-CTset layout to OUT."""
     from .synth import write_cohort
 
     if like and patients:
         raise click.UsageError("give --patients or --like, not both")
+    if base:
+        if like or flat or slices_per_series:
+            raise click.UsageError("--base takes --patients and --seed only")
+        from .synth.hybrid import write_hybrid
+
+        rows = write_hybrid(base, out, patients=patients or 2, seed=seed)
+        click.echo(f"wrote {len(rows)} patients from {base} ({int(rows['covid'].sum())} with "
+                   f"{int(rows['lesion_voxels'].sum())} lesion voxels) to {out}")
+        return
     summary = write_cohort(out, patients=None if like else (patients or 12), slices_per_series=slices_per_series,
                            like=like, fraction=fraction, seed=seed, flat=flat, workers=workers)
     click.echo(f"wrote {summary.slices} slices of {summary.patients} patients ({summary.covid_slices} covid, "
