@@ -338,26 +338,33 @@ def demo(workdir, patients, epochs, seed, workers, scheduler) -> None:
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where inputs and stores are written (default: a temporary folder, removed afterwards).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of the JSON results and summary plot (default: benchmarks/results in the repository, "
-                   "else ./bench-results).")
+              help="Folder of the JSON results and summary plot (default ./bench-results; with --record "
+                   "benchmarks/results of this checkout).")
 @click.option("--results-md", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Markdown file whose generated table is updated (default: benchmarks/RESULTS.md in the "
-                   "repository, except for --quick).")
+              help="Markdown file whose generated table is updated (default: none; with --record "
+                   "benchmarks/RESULTS.md of this checkout).")
+@click.option("--record", is_flag=True,
+              help="Record the run in this checkout: JSON in benchmarks/results, table in benchmarks/RESULTS.md.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes of the local Dask cluster (default: one per core); also the loader's threads "
                    "and DataLoader workers, and the larger worker count of the scaling run (default 2).")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
-def bench(names, full, quick, keep, workdir, out, results_md, workers, scheduler) -> None:
-    """Run benchmarks NAMES (default all), each against its baseline in the same run."""
+def bench(names, full, quick, keep, workdir, out, results_md, record, workers, scheduler) -> None:
+    """Run benchmarks NAMES (default all), each against its baseline in the same run.
+
+    Results go to ./bench-results; the committed results change only with --record.
+    """
     from .bench import repository, run_suite, select
     from .bench.full import DiskSpaceError
 
     if full and (names or quick):
         raise click.UsageError("--full runs alone: give no NAMES and no --quick")
-    repo = repository()
+    repo = repository() if record else None
+    if record and repo is None and (out is None or results_md is None):
+        raise click.UsageError("--record writes into a ctengine checkout: run it there, or give --out and --results-md")
     if out is None:
-        out = repo / "benchmarks" / "results" if repo and not quick else Path("bench-results")
-    if results_md is None and repo and not quick:
+        out = repo / "benchmarks" / "results" if repo else Path("bench-results")
+    if results_md is None and repo:
         results_md = repo / "benchmarks" / "RESULTS.md"
     try:
         run_suite(select(names), full=full, quick=quick, keep=keep, workdir=workdir, out_dir=out, results_md=results_md,

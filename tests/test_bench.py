@@ -145,3 +145,19 @@ def test_full_tiny_run(client, tmp_path):
     assert result["disk"]["sidecar_bytes"] > 0 and not result["tiffs_kept"]
     assert not (tmp_path / "src").exists() and (tmp_path / "store.zarr").is_dir()
     assert full.throughput(result)[0] > 0
+
+
+def test_bench_writes_its_own_folder_and_records_only_when_asked(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "run_suite", lambda names, **kw: calls.append(kw))
+    repo = bench.repository()
+    assert repo is not None  # the tests run inside a checkout
+    monkeypatch.chdir(repo)
+    assert CliRunner().invoke(main, ["bench", "ingest", "--quick"]).exit_code == 0
+    assert calls[-1]["out_dir"] == bench.Path("bench-results") and calls[-1]["results_md"] is None
+    assert CliRunner().invoke(main, ["bench", "ingest", "--record"]).exit_code == 0
+    assert calls[-1]["out_dir"] == repo / "benchmarks" / "results"
+    assert calls[-1]["results_md"] == repo / "benchmarks" / "RESULTS.md"
+    monkeypatch.chdir(tmp_path)
+    refused = CliRunner().invoke(main, ["bench", "ingest", "--record"])
+    assert refused.exit_code == 2 and "checkout" in refused.output
