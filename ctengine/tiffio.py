@@ -23,6 +23,8 @@ from .constants import MAX_SLICE_PIXELS, MAX_TIFF_BYTES, RAW_DTYPE, SLICE_SHAPE
 #: the tags holding the pixel data tables: (offsets, byte counts) of strips and of tiles
 STRIP_TAGS = (273, 279)
 TILE_TAGS = (324, 325)
+#: predictors for floating-point samples (a 16-bit unsigned slice cannot use them)
+FLOAT_PREDICTORS = (3, 34894, 34895)
 #: IFDs followed along the chain before a file is refused (a slice has one)
 MAX_IFDS = 64
 
@@ -81,8 +83,11 @@ def _check_page(page: tifffile.TiffPage, shape: tuple[int, int] | None) -> None:
     n_pixels = int(page.shape[0]) * int(page.shape[1])
     if n_pixels > MAX_SLICE_PIXELS:
         raise BadSliceError(f"absurd dimensions {page.shape[0]} x {page.shape[1]}")
-    if page.dtype.kind != "u" or page.dtype.itemsize != 2:
-        raise BadSliceError(f"pixel type {page.dtype} is not 16-bit unsigned")
+    if page.dtype.kind != "u" or page.dtype.itemsize != 2 or page.bitspersample != 16:
+        raise BadSliceError(f"pixel type {page.dtype} ({page.bitspersample} bits per sample) is not 16-bit "
+                            "unsigned")
+    if page.predictor in FLOAT_PREDICTORS:
+        raise BadSliceError(f"floating-point predictor {int(page.predictor)} for integer samples")
     if shape is not None and tuple(page.shape) != tuple(shape):
         raise BadSliceError(f"shape {page.shape[0]} x {page.shape[1]} is not {shape[0]} x {shape[1]}")
 
@@ -94,8 +99,9 @@ def check_structure(page: tifffile.TiffPage, data: bytes) -> None:
     repaired ``page.dataoffsets``): it must be complete (``ceil(rows /
     RowsPerStrip)`` strips, or ``ceil(rows / TileLength) * ceil(columns /
     TileWidth)`` tiles), and every segment must have a non-zero offset and
-    byte count and lie inside the file, outside the header, the IFDs and the
-    values of the tags. The IFD chain must end without a loop. Each segment
+    byte count and lie inside the file, outside the header, the IFDs, the
+    values of the tags and the other segments (two segments sharing bytes
+    are refused too). The IFD chain must end without a loop. Each segment
     must decode to exactly its size (rows x columns x samples x bytes per
     sample; the last strip may hold a whole strip), checked from the byte
     counts when uncompressed and by decompressing each segment otherwise
@@ -158,6 +164,10 @@ def check_structure(page: tifffile.TiffPage, data: bytes) -> None:
         for start, end, words in foreign:
             if offset < end and start < offset + count:
                 raise BadSliceError(f"{kind} {i} points into {words}")
+    order = sorted(range(len(offsets)), key=offsets.__getitem__)
+    for first, second in zip(order, order[1:]):
+        if offsets[first] + counts[first] > offsets[second]:
+            raise BadSliceError(f"{kind} {min(first, second)} overlaps {kind} {max(first, second)}")
     _check_decoded_sizes(page, data, kind, offsets, counts, sizes)
 
 

@@ -146,6 +146,32 @@ def test_strip_in_the_values_of_a_tag_is_refused():
         decode_slice(bytes(data), shape=SMALL)
 
 
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("moved, onto, reason", [(2, 2, "2 overlaps {kind} 3"), (0, 2, "0 overlaps {kind} 2")])
+def test_segments_sharing_bytes_are_refused(base, moved, onto, reason):
+    data = bytearray(tiff_bytes(image(), **BASES[base]))
+    kind, offsets, _ = tables(bytes(data))
+    set_value(data, offsets, moved, get_value(bytes(data), offsets, onto) + (moved == onto))
+    with pytest.raises(BadSliceError, match="^" + kind + " " + reason.format(kind=kind)):
+        decode_slice(bytes(data), shape=SMALL)
+
+
+def test_bits_per_sample_other_than_16_is_refused():
+    data = bytearray(tiff_bytes(image()))
+    _, valueoffset, _, _ = layout(bytes(data))["tags"][258]
+    struct.pack_into("<H", data, valueoffset, 15)
+    with pytest.raises(BadSliceError, match="15 bits per sample"):
+        decode_slice(bytes(data), shape=SMALL)
+
+
+def test_floating_point_predictor_on_integers_is_refused():
+    data = bytearray(tiff_bytes(image(), compression="zlib", predictor=True))
+    _, valueoffset, _, _ = layout(bytes(data))["tags"][317]
+    struct.pack_into("<H", data, valueoffset, 3)
+    with pytest.raises(BadSliceError, match="floating-point predictor 3"):
+        decode_slice(bytes(data), shape=SMALL)
+
+
 def test_unsound_files_are_quarantined_and_the_sound_ones_stored_bit_exact(tmp_path, client):
     src = tmp_path / "src"
     images = make_tree(src, shape=SMALL, series_spec=(("normal1", "patient2", "SR_2", 3),))
