@@ -203,6 +203,8 @@ def _segment_sizes(page: tifffile.TiffPage, n: int) -> list[tuple[int, ...]]:
     item = page.samplesperpixel * page.dtype.itemsize
     if page.is_tiled:
         length, width = int(page.tilelength), int(page.tilewidth)
+        if length * width > MAX_SLICE_PIXELS:  # each tile is decoded whole: bound it before any allocation
+            raise BadSliceError(f"absurd tile size {length} x {width}")
         expected = math.ceil(rows / length) * math.ceil(columns / width)
         if n != expected:
             raise BadSliceError(f"tile table holds {n} of {expected} tiles ({length} x {width} tiles for "

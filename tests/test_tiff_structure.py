@@ -164,6 +164,15 @@ def test_bits_per_sample_other_than_16_is_refused():
         decode_slice(bytes(data), shape=SMALL)
 
 
+def test_absurd_tile_size_is_refused_before_allocation():
+    data = bytearray(tiff_bytes(image(), tile=(32, 32)))
+    for code in (322, 323):  # TileWidth, TileLength
+        _, valueoffset, dtype, _ = layout(bytes(data))["tags"][code]
+        struct.pack_into("<" + FORMATS[int(dtype)], data, valueoffset, 32768)
+    with pytest.raises(BadSliceError, match="absurd tile size 32768 x 32768"):
+        decode_slice(bytes(data), shape=SMALL)
+
+
 def test_floating_point_predictor_on_integers_is_refused():
     data = bytearray(tiff_bytes(image(), compression="zlib", predictor=True))
     _, valueoffset, _, _ = layout(bytes(data))["tags"][317]
