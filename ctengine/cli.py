@@ -294,13 +294,21 @@ def evaluate(store, fold, checkpoint, out, threshold, device, storage_options) -
 @click.option("--slope", type=float, default=DEFAULT_SLOPE, show_default=True,
               help="Rescale slope: HU = raw * slope + intercept.")
 @click.option("--intercept", type=float, default=DEFAULT_INTERCEPT, show_default=True, help="Rescale intercept (HU).")
+@click.option("--explain", type=click.Path(file_okay=False), default=None, metavar="OUT",
+              help="Also write Grad-CAM overlays of the selected slices to OUT/gradcam.png.")
 @user_errors
-def predict(patient_dir, checkpoint, threshold, series, device, as_json, spacing, slope, intercept) -> None:
+def predict(patient_dir, checkpoint, threshold, series, device, as_json, spacing, slope, intercept, explain) -> None:
     """Select, classify and decide on one patient's folder of TIFFs."""
     from .learn.predict import predict_patient
 
-    result = predict_patient(patient_dir, checkpoint=checkpoint, threshold=threshold, series=series, device=device,
-                             spacing=tuple(spacing) if spacing else None, slope=slope, intercept=intercept)
+    options = dict(checkpoint=checkpoint, threshold=threshold, series=series, device=device,
+                   spacing=tuple(spacing) if spacing else None, slope=slope, intercept=intercept)
+    if explain:
+        from .learn.explain import explain_patient
+
+        result = explain_patient(patient_dir, out=explain, **options)
+    else:
+        result = predict_patient(patient_dir, **options)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -312,6 +320,8 @@ def predict(patient_dir, checkpoint, threshold, series, device, as_json, spacing
     click.echo(f"verdict: {result['verdict'].upper()}: {result['covid_slices']} of {result['selected']} selected "
                f"slices of {result['series']} predicted COVID ({result['fraction']:.1%}; threshold "
                f"{result['threshold']:.0%})")
+    if explain:
+        click.echo(f"Grad-CAM of {len(result['explain']['files'])} slices in {result['explain']['png']}")
 
 
 @main.command()

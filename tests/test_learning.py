@@ -54,3 +54,45 @@ def test_predict_on_a_test_patients_tiffs_finds_covid(learned):
     assert out["verdict"] == "covid" and out["fraction"] >= 0.10, json.dumps({k: out[k] for k in (
         "verdict", "selected", "covid_slices", "fraction")})
     assert np.isfinite([r["probability"] for r in out["rows"] if r["selected"]]).all()
+
+
+def test_grad_cam_equals_its_definition_and_leaves_the_model_as_it_was(learned):
+    from ctengine.learn.explain import grad_cam
+    from ctengine.learn.model import load_checkpoint
+
+    root, trained, _ = learned
+    net, _ = load_checkpoint(trained.checkpoint)
+    net.train()
+    store = ctengine.open_store(root / "s.zarr")
+    patient = sorted(set(store.catalog.loc[store.catalog.label == "covid", "patient"]))[0]
+    raw = torch.from_numpy(store.read_raw(patient, "SR_2")[10:14].astype(np.float32))[:, None]
+    images, cams, p = grad_cam(net, raw, layer="C4")
+    assert net.training and all(q.grad is None for q in net.parameters())
+    net.eval()
+    prepared = net.prepare(raw)
+    _, c4, _ = taps = net.backbone(prepared)
+    logits = net.classifier(torch.cat([h(lv) for h, lv in zip(net.heads, (net.fpn(*taps)[k] for k in (
+        "P3", "P4", "P5", "P6", "P7")))], 1))
+    grads, = torch.autograd.grad(logits[:, 1].sum(), c4)
+    want = torch.relu((grads.mean((2, 3), keepdim=True) * c4).sum(1, keepdim=True))
+    want = torch.nn.functional.interpolate(want, size=prepared.shape[-2:], mode="bilinear")[:, 0].detach()
+    want = want / want.amax((1, 2), keepdim=True).clamp_min(1e-12)
+    np.testing.assert_allclose(cams, want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(p, torch.softmax(logits, 1)[:, 1].detach().double().numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(images, prepared[:, 0].detach().numpy())
+    assert cams.max() == pytest.approx(1.0)
+
+
+def test_predict_explain_writes_overlays_of_the_selected_slices(learned, tmp_path):
+    from click.testing import CliRunner
+    from ctengine.cli import main
+
+    root, trained, _ = learned
+    folder = next((root / "src/COVID-CTset").glob("covid*/patient*"))
+    result = CliRunner().invoke(main, ["predict", str(folder), "--checkpoint", str(trained.checkpoint),
+                                       "--explain", str(tmp_path / "explain"), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    selected = [r["file"] for r in out["rows"] if r["selected"]]
+    assert out["explain"]["files"] and set(out["explain"]["files"]) <= set(selected)
+    assert (tmp_path / "explain" / "gradcam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -123,10 +123,43 @@ def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
         fraction, threshold, skipped [(file, reason)], and per-slice rows
         (file, instance, selected, dark_count, probability, prediction).
     """
-    from ..layout import parse_name
-    from ..tiffio import BadSliceError, decode_slice
     from .device import resolve_device
     from .model import load_checkpoint
+
+    folder, stack, names, instances, skipped = read_patient_series(patient_dir, series)
+    net, _ = load_checkpoint(checkpoint, map_location=resolve_device(device))
+    table, chosen, inputs = series_inputs(stack, spacing=spacing, slope=slope, intercept=intercept,
+                                          lung_only=net.config["lung_only"])
+    target = next(net.parameters()).device
+    probability = np.full(len(table), np.nan)
+    probability[chosen] = covid_probabilities(net, (torch.from_numpy(inputs[start:start + batch_size]).to(target)
+                                                    .to(torch.float32)
+                                                    for start in range(0, len(chosen), batch_size)))
+    covid = int(np.sum(probability[chosen] >= 0.5))
+    fraction = covid / len(chosen) if len(chosen) else float("nan")
+    keep, counts = table["selected"].to_numpy(dtype=bool), table["dark_count"].to_numpy()
+    verdict = CLASS_COVID if len(chosen) and fraction >= threshold else CLASS_NORMAL
+    return {"verdict": CLASS_NAMES[verdict],
+            "series": folder.name, "slices": int(len(table)), "selected": int(len(chosen)), "covid_slices": covid,
+            "fraction": fraction, "threshold": threshold, "skipped": skipped,
+            "rows": [{"file": names[z], "instance": int(instances[z]), "selected": bool(keep[z]),
+                      "dark_count": int(counts[z]),
+                      "probability": None if np.isnan(probability[z]) else float(probability[z]),
+                      "prediction": None if np.isnan(probability[z]) else
+                      CLASS_NAMES[CLASS_COVID if probability[z] >= 0.5 else CLASS_NORMAL]}
+                     for z in range(len(table))]}
+
+
+def read_patient_series(patient_dir: str | os.PathLike, series: str = DECISION_SERIES
+                        ) -> tuple[Path, np.ndarray, list[str], list[int], list[tuple[str, str]]]:
+    """The TIFFs of one series of a patient's folder, in instance order.
+
+    ``patient_dir`` holds ``SR_k`` folders (``series`` is read) or the TIFFs
+    of one series. Returns (folder, raw stack (z, y, x), file names,
+    instances, skipped [(file, reason)]).
+    """
+    from ..layout import parse_name
+    from ..tiffio import BadSliceError, decode_slice
 
     folder = Path(patient_dir)
     if (folder / series).is_dir():
@@ -148,24 +181,15 @@ def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
     if len(shapes) > 1:
         raise ValueError(f"slices of {folder} differ in shape: {sorted(shapes)}")
     order = np.argsort(instances, kind="stable")
-    net, _ = load_checkpoint(checkpoint, map_location=resolve_device(device))
-    table, chosen, inputs = series_inputs(np.stack([images[i] for i in order]), spacing=spacing, slope=slope,
-                                          intercept=intercept, lung_only=net.config["lung_only"])
-    target = next(net.parameters()).device
-    probability = np.full(len(table), np.nan)
-    probability[chosen] = covid_probabilities(net, (torch.from_numpy(inputs[start:start + batch_size]).to(target)
-                                                    .to(torch.float32)
-                                                    for start in range(0, len(chosen), batch_size)))
-    covid = int(np.sum(probability[chosen] >= 0.5))
-    fraction = covid / len(chosen) if len(chosen) else float("nan")
-    keep, counts = table["selected"].to_numpy(dtype=bool), table["dark_count"].to_numpy()
-    verdict = CLASS_COVID if len(chosen) and fraction >= threshold else CLASS_NORMAL
-    return {"verdict": CLASS_NAMES[verdict],
-            "series": folder.name, "slices": int(len(table)), "selected": int(len(chosen)), "covid_slices": covid,
-            "fraction": fraction, "threshold": threshold, "skipped": skipped,
-            "rows": [{"file": names[i], "instance": int(instances[i]), "selected": bool(keep[z]),
-                      "dark_count": int(counts[z]),
-                      "probability": None if np.isnan(probability[z]) else float(probability[z]),
-                      "prediction": None if np.isnan(probability[z]) else
-                      CLASS_NAMES[CLASS_COVID if probability[z] >= 0.5 else CLASS_NORMAL]}
-                     for z, i in enumerate(order)]}
+    return (folder, np.stack([images[i] for i in order]), [names[i] for i in order],
+            [int(instances[i]) for i in order], skipped)
+
+
+def patient_inputs(patient_dir: str | os.PathLike, net: Any, *, series: str = DECISION_SERIES,
+                   spacing: tuple[float, float] | None = None, slope: float = DEFAULT_SLOPE,
+                   intercept: float = DEFAULT_INTERCEPT) -> tuple[list[str], np.ndarray]:
+    """(file names, uint16 (n, 1, y, x) network inputs) of a patient folder's selected slices, as predicted."""
+    _, stack, names, _, _ = read_patient_series(patient_dir, series)
+    _, chosen, inputs = series_inputs(stack, spacing=spacing, slope=slope, intercept=intercept,
+                                      lung_only=net.config["lung_only"])
+    return [names[i] for i in chosen], inputs
