@@ -83,9 +83,9 @@ def distributions_png(slices: pd.DataFrame) -> bytes:
     """Per-slice HU features of selected slices, COVID vs normal patients."""
     import matplotlib.pyplot as plt
 
-    data = slices[(slices["selected"]) & (slices["count"] > 0)]
+    data = slices[(slices["selected"]) & (slices["voxels"] > 0)]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), dpi=100)
-    for ax, column, title in zip(axes, ("mean", "opacity_pct", "frac_ground_glass"),
+    for ax, column, title in zip(axes, ("mean_hu", "opacity_pct", "frac_ground_glass"),
                                  ("mean HU in the lung", "opacity (% of lung, -700..+50 HU)", "ground-glass fraction")):
         for label, colour in (("normal", "#3c78e5"), ("covid", "#e5533c")):
             values = data.loc[data["label"] == label, column].dropna()
