@@ -252,6 +252,20 @@ def test_predict_feeds_the_network_what_the_loader_feeds(phantom_store):
         assert torch.equal(torch.from_numpy(inputs), images)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("output", ["hu", "hu_int32", "window"])
+def test_device_loader_converts_on_the_gpu_what_the_cpu_loader_gives(store, output):
+    from ctengine.learn.loader import DeviceLoader
+
+    rows = slice_rows(ctengine.open_store(store).catalog)
+    with SliceLoader(store, rows, batch_size=8, output=output) as loader:
+        cpu = [batch.images.clone() for batch in loader]
+        device = DeviceLoader(loader, "cuda")
+        gpu = [images for images, _, _ in device]
+    assert device.copies == len(cpu) and all(images.is_cuda for images in gpu)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
+
+
 def test_the_network_sees_the_values_it_saw_before_the_loader_gave_hu(phantom_store):
     """prepare(HU batch) equals the preparation of the raw batch as float32 in raw units (the previous input)."""
     from ctengine.learn.model import build_model

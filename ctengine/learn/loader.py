@@ -237,28 +237,27 @@ class SliceLoader:
 
     def _fill(self, number: int, indices: np.ndarray, convert: bool) -> Batch:
         raw = self.raw_buffers[number % len(self.raw_buffers)]
+        out = self.buffers[number % len(self.buffers)] if convert else None
         array = raw.numpy()
         rows = self.rows.iloc[indices]
-        parts = np.array_split(np.arange(len(indices)), min(self.threads, len(indices)))
-
-        def work(part: int) -> None:
-            for i in parts[part]:
-                patient, series, z = self._items[indices[i]]
-                n = self._lengths[(patient, series)]
-                read_slice(self.reader, patient, series, z, n, array[i, 0],
-                           scratch=self._scratch[part] if self.lung_only else None)
-
-        list(self._pool.map(work, range(len(parts))))
         n = len(indices)
         info = [self._info[self._items[k][:2]] for k in indices]
         slope = np.array([v[2] for v in info], dtype=np.float64)
         intercept = np.array([v[3] for v in info], dtype=np.float64)
-        images = raw[:n]
-        if convert:  # one pass from the raw buffer into the output buffer the batch shares
-            images = raw_to_output(images, slope, intercept, output=self.output, window_hu=self.window_hu,
-                                   out=self.buffers[number % len(self.buffers)][:n])
-        return Batch(images, torch.from_numpy(np.array(rows["target"], dtype=np.int64)), rows, slope, intercept,
-                     np.array([v[4] for v in info], dtype=np.float64).reshape(n, 2))
+        parts = np.array_split(np.arange(n), min(self.threads, n))
+
+        def work(part: int) -> None:
+            for i in parts[part]:
+                patient, series, z = self._items[indices[i]]
+                read_slice(self.reader, patient, series, z, self._lengths[(patient, series)], array[i, 0],
+                           scratch=self._scratch[part] if self.lung_only else None)
+                if out is not None:  # one pass, while the slice is in cache, into the buffer the batch shares
+                    raw_to_output(raw[i:i + 1], slope[i], intercept[i], output=self.output,
+                                  window_hu=self.window_hu, out=out[i:i + 1])
+
+        list(self._pool.map(work, range(len(parts))))
+        return Batch(raw[:n] if out is None else out[:n], torch.from_numpy(np.array(rows["target"], dtype=np.int64)),
+                     rows, slope, intercept, np.array([v[4] for v in info], dtype=np.float64).reshape(n, 2))
 
     def _batches(self, convert: bool) -> Iterator[Batch]:
         order = self.order()

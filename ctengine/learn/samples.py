@@ -103,12 +103,13 @@ def raw_to_output(raw: torch.Tensor, slope: Any, intercept: Any, *, output: str 
         return out
     if np.all(slope == 1.0) and np.all(intercept == np.round(intercept)):
         out.copy_(raw)  # uint16 is exact in float32 and int32
-        out.add_(torch.from_numpy(intercept.astype(np.float32 if dtype == torch.float32 else np.int32))
-                 .to(out.device).reshape(shape))
+        out.add_(torch.tensor(intercept.astype(np.float32 if dtype == torch.float32 else np.int32),
+                              device=out.device).reshape(shape))
     elif output == "hu_int32":
         raise ValueError("hu_int32 needs slope 1 and an integer intercept (integer HU); use output='hu'")
     else:
-        rescale = [torch.from_numpy(np.ascontiguousarray(v)).to(out.device).reshape(shape) for v in (slope, intercept)]
+        rescale = [torch.tensor(np.array(v), dtype=torch.float64, device=out.device).reshape(shape)
+                   for v in (slope, intercept)]
         out.copy_(raw.to(torch.float64) * rescale[0] + rescale[1])
     if output == "window":
         out.sub_(centre - width / 2).div_(width).clamp_(0.0, 1.0)
