@@ -62,9 +62,9 @@ def selection_png(opened: Store, patient: str, series: str) -> bytes:
 
 def distributions_png(slices: pd.DataFrame) -> bytes:
     """Per-slice HU features of selected slices, COVID vs normal patients."""
-    data = slices[(slices["selected"]) & (slices["count"] > 0)]
+    data = slices[(slices["selected"]) & (slices["voxels"] > 0)]
     fig, axes = figure(12, 3.2, cols=3)
-    for ax, column, title in zip(axes, ("mean", "opacity_pct", "frac_ground_glass"),
+    for ax, column, title in zip(axes, ("mean_hu", "opacity_pct", "frac_ground_glass"),
                                  ("mean HU in the lung", "opacity (% of lung, -700..+50 HU)", "ground-glass fraction")):
         for label, colour in (("normal", "#3c78e5"), ("covid", "#e5533c")):
             values = data.loc[data["label"] == label, column].dropna()

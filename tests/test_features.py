@@ -1,11 +1,14 @@
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
 import ctengine
 from ctengine.features import compute_features
+from ctengine.features.dictionary import FIELDS, METADATA_KEY, TABLE_COLUMNS, hist_edges_hu, hu_cutoffs
 from ctengine.kernels import select_slices
 from ctengine.store import features_path
 from ctengine.synth import write_cohort
@@ -54,12 +57,75 @@ def test_selection_lands_in_the_catalog_and_equals_the_kernel(store):
 def test_feature_tables(store):
     opened = ctengine.open_store(store)
     slices = opened.features
-    assert len(slices) == len(opened.catalog) and {"mean", "opacity_pct", "hist_63"} <= set(slices.columns)
-    lung = slices[slices["count"] > 500]
-    assert lung["mean"].between(-950, -600).all()
+    assert len(slices) == len(opened.catalog) and {"mean_hu", "opacity_pct", "hist_63_voxels"} <= set(slices.columns)
+    lung = slices[slices["voxels"] > 500]
+    assert lung["mean_hu"].between(-950, -600).all()
     patients = opened.feature_table("patients")
     assert sorted(patients["patient"]) == ["patient1", "patient2"] and (patients["lung_volume_l"] > 0).all()
     assert Path(features_path(store), "series.parquet").is_file()
+
+
+def test_every_written_column_has_a_dictionary_entry_and_metadata(store):
+    opened = ctengine.open_store(store)
+    written = set()
+    for name in TABLE_COLUMNS:
+        schema = opened.feature_schema(name)
+        assert schema.names == list(TABLE_COLUMNS[name]) == list(opened.feature_table(name).columns)
+        for field in schema:
+            entry = FIELDS[field.name]
+            assert name in entry.tables
+            assert field.metadata == {b"unit": entry.unit.encode(), b"description": entry.description.encode(),
+                                      b"definition": entry.definition.encode()}
+        meta = json.loads(schema.metadata[METADATA_KEY.encode()])
+        assert meta["hist_edges_hu"] == hist_edges_hu() and meta["hu_cutoffs"] == hu_cutoffs()
+        written |= set(schema.names)
+    assert written == set(FIELDS)  # and every entry is a column of some table
+
+
+def test_the_stored_histogram_edges_bin_the_stored_voxels(store):
+    opened = ctengine.open_store(store)
+    edges = json.loads(opened.feature_schema("slices").metadata[METADATA_KEY.encode()])["hist_edges_hu"]
+    row = opened.features.query("patient == 'patient1' and series == 'SR_2'").sort_values("voxels").iloc[-1]
+    z = int(opened.catalog.query("patient == 'patient1' and series == 'SR_2' and instance == @row.instance")["z"].iloc[0])
+    hu = opened.raw("patient1", "SR_2")[z].astype(np.float64) - 1024.0
+    inside = hu[opened.lung_mask("patient1", "SR_2")[z] > 0]
+    want = np.histogram(inside, bins=np.asarray(edges))[0]
+    got = row[[f"hist_{b:02d}_voxels" for b in range(64)]].to_numpy(dtype=np.int64)
+    np.testing.assert_array_equal(got, want)
+    assert row["voxels"] == inside.size and row["frac_ground_glass"] == np.mean((inside >= -700) & (inside < -300))
+
+
+def test_the_data_dictionary_document_is_generated_from_fields():
+    from ctengine.features.dictionary import markdown
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "FEATURES.md"
+    assert committed.read_text() == markdown(), "regenerate: python -m ctengine.features.dictionary > docs/FEATURES.md"
+    assert all(f"`{name}`" in markdown() for name in FIELDS if not name.startswith("hist_")
+               or name in ("hist_00_voxels", "hist_63_voxels"))
+
+
+def test_columns_without_an_entry_are_refused():
+    from ctengine.features.dictionary import arrow_table
+
+    with pytest.raises(ValueError, match=r"series columns without a FIELDS entry: \['mean'\]"):
+        arrow_table(pd.DataFrame({"patient": ["p"], "mean": [1.0]}), "series")
+    with pytest.raises(ValueError, match="'voxel'"):
+        arrow_table(pd.DataFrame({"patient": ["p"]}), "voxel")
+
+
+def test_labels_stored_with_the_first_column_names_are_read_under_the_current_ones(store, client):
+    from ctengine.features.dictionary import LEGACY_COLUMNS
+
+    before = {name: ctengine.open_store(store).feature_table(name) for name in TABLE_COLUMNS}
+    features = zarr.open_group(store, mode="a")["patient1/SR_3/labels/lung/features"]
+    current = features.attrs["columns"]
+    old = {new: legacy for legacy, new in LEGACY_COLUMNS.items()}
+    features.attrs["columns"] = [old.get(c, c) for c in current]
+    assert "mean" in features.attrs["columns"] and "hist_05" in features.attrs["columns"]
+    report = compute_features(store, client=client, progress=False)
+    assert report.series_skipped == 6 and report.series_computed == 0
+    for name, table in before.items():
+        pd.testing.assert_frame_equal(ctengine.open_store(store).feature_table(name), table)
 
 
 def test_second_run_skips_and_a_broken_series_is_reported(store, client, tmp_path):

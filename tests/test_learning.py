@@ -65,11 +65,11 @@ def test_grad_cam_equals_its_definition_and_leaves_the_model_as_it_was(learned):
     net.train()
     store = ctengine.open_store(root / "s.zarr")
     patient = sorted(set(store.catalog.loc[store.catalog.label == "covid", "patient"]))[0]
-    raw = torch.from_numpy(store.read_raw(patient, "SR_2")[10:14].astype(np.float32))[:, None]
-    images, cams, p = grad_cam(net, raw, layer="C4")
+    hu = torch.from_numpy(store.read_raw(patient, "SR_2")[10:14].astype(np.float32) - 1024)[:, None]
+    images, cams, p = grad_cam(net, hu, layer="C4")
     assert net.training and all(q.grad is None for q in net.parameters())
     net.eval()
-    prepared = net.prepare(raw)
+    prepared = net.prepare(hu)
     _, c4, _ = taps = net.backbone(prepared)
     logits = net.classifier(torch.cat([h(lv) for h, lv in zip(net.heads, (net.fpn(*taps)[k] for k in (
         "P3", "P4", "P5", "P6", "P7")))], 1))

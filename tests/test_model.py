@@ -25,17 +25,23 @@ def test_small_forward_shapes(size):
         assert model.prepare(torch.rand(2, 1, size, size)).shape == (2, 1, 128, 128)
 
 
+def _hu(*shape):
+    """Integer HU in [-1024, 1000) as float32, and the same slices in raw units (HU + 1024)."""
+    hu = torch.randint(-1024, 1000, shape, generator=torch.Generator().manual_seed(0)).to(torch.float32)
+    return hu, hu + 1024
+
+
 def test_prepare_resizes_by_box_average_or_bilinear():
     model = build_model("small", normalization="none", lung_only=False, crop=None, seed=0)
-    x = torch.rand(2, 1, 256, 256)
-    torch.testing.assert_close(model.prepare(x), F.avg_pool2d(x, 2), rtol=0, atol=0)
-    y = torch.rand(2, 1, 100, 100)
-    want = F.interpolate(y, size=(128, 128), mode="bilinear", align_corners=False)
+    x, raw = _hu(2, 1, 256, 256)   # HU in, raw units (HU + 1024) to the network under "none"
+    torch.testing.assert_close(model.prepare(x), F.avg_pool2d(raw, 2), rtol=0, atol=0)
+    y, raw_y = _hu(2, 1, 100, 100)
+    want = F.interpolate(raw_y, size=(128, 128), mode="bilinear", align_corners=False)
     torch.testing.assert_close(model.prepare(y), want, rtol=0, atol=0)
-    z = torch.rand(1, 1, 128, 128)
-    assert model.prepare(z) is z
+    z, raw_z = _hu(1, 1, 128, 128)
+    torch.testing.assert_close(model.prepare(z), raw_z, rtol=0, atol=0)
     cropping = build_model("small", normalization="none", seed=0)   # content everywhere: the whole slice
-    torch.testing.assert_close(cropping.prepare(x), F.avg_pool2d(x, 2), rtol=0, atol=0)
+    torch.testing.assert_close(cropping.prepare(x), F.avg_pool2d(raw, 2), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (50, 70), (33, 33)])
@@ -132,13 +138,15 @@ def test_normalize_fixed_window_none():
         normalize(raw.to(torch.int32), mode="max")
 
 
-def test_forward_accepts_uint16_and_validates_shape():
+def test_forward_accepts_int32_hu_refuses_uint16_and_validates_shape():
     model = build_model("small", seed=0).eval()
-    raw = np.random.default_rng(1).integers(0, 4000, size=(2, 1, 64, 64), dtype=np.uint16)
+    hu = np.random.default_rng(1).integers(-1024, 3000, size=(2, 1, 64, 64), dtype=np.int32)
     with torch.no_grad():
-        a = model(torch.from_numpy(raw))
-        b = model(torch.from_numpy(raw.astype(np.float32)))
+        a = model(torch.from_numpy(hu))
+        b = model(torch.from_numpy(hu.astype(np.float32)))
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+        with pytest.raises(TypeError, match="uint16"):
+            model(torch.from_numpy((hu + 1024).astype(np.uint16)))
         with pytest.raises(ValueError):
             model(torch.zeros(2, 3, 64, 64))
         with pytest.raises(ValueError):

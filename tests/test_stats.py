@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 import kernel_cases as kc
-from ctengine.features.aggregate import SERIES_COLUMNS, aggregate_patient, aggregate_series, stats_to_frame
+from ctengine.features.aggregate import SERIES_COLUMNS, SLICE_COLUMNS, aggregate_patient, aggregate_series, stats_to_frame
 from ctengine.kernels.stats import STAT_COLUMNS, hu_hist_edges, hu_stats
 
 BACKENDS = ["reference", "cpu", "dask", "cuda-sim"]
@@ -274,8 +274,13 @@ def test_cupy_stats_on_device():
 
 def test_stats_frame_columns():
     frame = stats_to_frame(run("cpu", "ct_like"))
-    assert list(frame.columns) == [*STAT_COLUMNS, *(f"hist_{b:02d}" for b in range(64))]
-    assert len(frame) == 3 and frame["count"].dtype == np.int64
+    assert list(frame.columns) == list(SLICE_COLUMNS)
+    assert list(frame.columns[:3]) == ["voxels", "area_mm2", "mean_hu"] and frame.columns[-1] == "hist_63_voxels"
+    stats = run("cpu", "ct_like")
+    for key, column in (("count", "voxels"), ("p50", "p50_hu"), ("entropy", "entropy_bits")):
+        np.testing.assert_array_equal(frame[column], stats[key])
+    np.testing.assert_array_equal(frame["hist_07_voxels"], stats["histogram"][:, 7])
+    assert len(frame) == 3 and frame["voxels"].dtype == np.int64
     assert len(stats_to_frame(run("cpu", "real_ct_2d"))) == 1
     with pytest.raises(TypeError, match="numpy"):
         stats_to_frame(hu_stats(da.from_array(CASES["random"]["x"]), CASES["random"]["mask"]))

@@ -1,6 +1,6 @@
 """Loader benchmark: ctengine's zero-copy loader vs plain torch DataLoaders, one run, same input.
 
-  ctengine    SliceLoader (threads = workers), chunks decoded into reused buffers, float32 on hand-off
+  ctengine    SliceLoader (threads = workers), chunks decoded into reused buffers, float32 HU on hand-off
   (a) tiff    torch DataLoader (num_workers = workers) + tifffile.imread of the original TIFFs
   (b) zarr    torch DataLoader (num_workers = workers) reading the same store item by item with zarr-python
 
@@ -71,9 +71,9 @@ def timed(batches) -> dict:
 
 
 def ours(loader):
-    """ctengine's batches as (float32 images, targets)."""
+    """ctengine's batches as (float32 HU images, targets)."""
     for batch in loader:
-        yield batch.images.to(torch.float32), batch.targets
+        yield batch.images, batch.targets
 
 
 def run(workdir: Path, *, quick: bool = False, scheduler: str | None = None, workers: int | None = None,

@@ -15,33 +15,39 @@ import pandas as pd
 
 from ..constants import SERIES
 from ..kernels import STAT_COLUMNS
+from .dictionary import HIST_COLUMNS, KERNEL_COLUMNS, TABLE_COLUMNS
 
-__all__ = ["SERIES_COLUMNS", "aggregate_patient", "aggregate_series", "stats_to_frame"]
+__all__ = ["SERIES_COLUMNS", "SLICE_COLUMNS", "aggregate_patient", "aggregate_series", "stats_to_frame"]
+
+#: columns of :func:`stats_to_frame`: the statistics then the histogram (names of :mod:`.dictionary`)
+SLICE_COLUMNS = (*(KERNEL_COLUMNS[k] for k in STAT_COLUMNS), *HIST_COLUMNS)
 
 
 def stats_to_frame(stats: dict[str, Any]) -> pd.DataFrame:
     """pandas DataFrame of a numpy :func:`ctengine.kernels.hu_stats` result: one row per slice.
 
-    Columns: ``STAT_COLUMNS`` then ``hist_00`` .. ``hist_63`` (int64).
-    Compute dask results first (``dask.compute(stats)[0]``) and copy cupy
-    ones to the host.
+    Columns: ``SLICE_COLUMNS``, the kernel's keys under the tables' names
+    (``count`` -> ``voxels``, ``mean`` -> ``mean_hu``, ... see
+    :data:`~ctengine.features.dictionary.FIELDS` for units), then
+    ``hist_00_voxels`` .. ``hist_63_voxels`` (int64). Compute dask results
+    first (``dask.compute(stats)[0]``) and copy cupy ones to the host.
     """
     missing = [k for k in (*STAT_COLUMNS, "histogram") if k not in stats]
     if missing:
         raise ValueError(f"not a hu_stats result: missing keys {missing}")
     if any(not isinstance(stats[k], np.ndarray) for k in (*STAT_COLUMNS, "histogram")):
         raise TypeError("stats_to_frame needs numpy arrays: compute dask / copy cupy results first")
-    cols = {k: np.atleast_1d(stats[k]) for k in STAT_COLUMNS}
+    cols = {KERNEL_COLUMNS[k]: np.atleast_1d(stats[k]) for k in STAT_COLUMNS}
     hist = np.atleast_2d(stats["histogram"])
-    for b in range(hist.shape[1]):
-        cols[f"hist_{b:02d}"] = hist[:, b]
+    if hist.shape[1] != len(HIST_COLUMNS):
+        raise ValueError(f"histogram must have {len(HIST_COLUMNS)} bins, got {hist.shape[1]}")
+    for b, name in enumerate(HIST_COLUMNS):
+        cols[name] = hist[:, b]
     return pd.DataFrame(cols)
 
 
 #: columns of :func:`aggregate_series` besides the group keys
-SERIES_COLUMNS = ("n_slices", "n_slices_with_lung", "voxels", "thickness_mm", "lung_volume_l",
-                  "mean_hu", "std_hu", "min_hu", "max_hu", "frac_emphysema", "frac_aerated",
-                  "frac_ground_glass", "frac_consolidation", "opacity_pct")
+SERIES_COLUMNS = tuple(c for c in TABLE_COLUMNS["series"] if c not in ("patient", "series"))
 _WEIGHTED = ("frac_emphysema", "frac_aerated", "frac_ground_glass", "frac_consolidation", "opacity_pct")
 
 
@@ -113,22 +119,22 @@ def _thickness(thickness_mm: Any, key: tuple, group: pd.DataFrame) -> float:
 
 
 def _series_row(frame: pd.DataFrame, thick: float) -> dict[str, Any]:
-    n = frame["count"].to_numpy(dtype=np.int64)
+    n = frame["voxels"].to_numpy(dtype=np.int64)
     total = int(n.sum())
     area = float(frame["area_mm2"].to_numpy(dtype=np.float64).sum())
     row: dict[str, Any] = {"n_slices": len(frame), "n_slices_with_lung": int(np.count_nonzero(n)),
                            "voxels": total, "thickness_mm": thick, "lung_volume_l": area * thick / 1e6}
     if total == 0:
-        return {**row, **{k: math.nan for k in SERIES_COLUMNS[5:]}}
+        return {**row, **{k: math.nan for k in SERIES_COLUMNS if k not in row}}
     lung = n > 0
     w = n[lung].astype(np.float64)
-    mean = frame["mean"].to_numpy(dtype=np.float64)[lung]
-    std = frame["std"].to_numpy(dtype=np.float64)[lung]
+    mean = frame["mean_hu"].to_numpy(dtype=np.float64)[lung]
+    std = frame["std_hu"].to_numpy(dtype=np.float64)[lung]
     m = float((w * mean).sum() / total)
     row["mean_hu"] = m
     row["std_hu"] = math.sqrt(max(0.0, float((w * (std ** 2 + (mean - m) ** 2)).sum() / total)))
-    row["min_hu"] = float(frame["min"].to_numpy(dtype=np.float64)[lung].min())
-    row["max_hu"] = float(frame["max"].to_numpy(dtype=np.float64)[lung].max())
+    row["min_hu"] = float(frame["min_hu"].to_numpy(dtype=np.float64)[lung].min())
+    row["max_hu"] = float(frame["max_hu"].to_numpy(dtype=np.float64)[lung].max())
     for k in _WEIGHTED:
         row[k] = float((w * frame[k].to_numpy(dtype=np.float64)[lung]).sum() / total)
     return row

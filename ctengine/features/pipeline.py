@@ -27,6 +27,7 @@ from ..constants import DEVICES
 from ..driver import RunReport, map_series
 from ..store import Store, names, open_store
 from .aggregate import stats_to_frame
+from .dictionary import LEGACY_COLUMNS, TABLE_COLUMNS, arrow_table
 
 __all__ = ["FeatureReport", "compute_features", "compute_series", "feature_device", "series_features"]
 
@@ -94,7 +95,8 @@ def compute_series(store: Store, patient: str, series: str, device: str = "cpu")
     plan = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
     known = names.spacing(attrs) is not None
     done = store.completed_lung(patient, series, plan)
-    if done is not None:
+    if done is not None:  # a label of the first column scheme keeps its values under the current names
+        done = done.rename(columns=LEGACY_COLUMNS)
         return {"patient": patient, "series": series, "status": "skipped", "table": done, "spacing_known": known}
     raw = store.read_raw(patient, series)
     if device == "gpu":
@@ -176,7 +178,8 @@ def _write_outputs(opened: Store, slices: pd.DataFrame) -> None:
 
     key = ["patient", "series", "instance"]
     front = key + [c for c in names.FEATURE_COLUMNS if c in slices]
-    slices = slices[front + [c for c in slices.columns if c not in front]].sort_values(key, ignore_index=True)
+    ordered = [c for c in TABLE_COLUMNS["slices"] if c in slices]  # the dictionary's order; others fail below
+    slices = slices[ordered + [c for c in slices.columns if c not in ordered]].sort_values(key, ignore_index=True)
     catalog = opened.catalog.drop(columns=[c for c in names.FEATURE_COLUMNS if c in opened.catalog])
     catalog = catalog.merge(slices[front], on=key, how="left")
     for column, missing in names.FEATURE_COLUMNS.items():
@@ -186,5 +189,6 @@ def _write_outputs(opened: Store, slices: pd.DataFrame) -> None:
     labels = catalog.groupby("patient")["label"].first()
     series_table = aggregate_series(slices, thickness_mm=thickness)
     patient_table = aggregate_patient(series_table, labels=labels)
-    opened.write_feature_tables({"slices": slices, "series": series_table, "patients": patient_table})
+    frames = {"slices": slices, "series": series_table, "patients": patient_table}
+    opened.write_feature_tables({name: arrow_table(frame, name) for name, frame in frames.items()})
 

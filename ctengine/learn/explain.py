@@ -26,16 +26,16 @@ __all__ = ["LAYERS", "grad_cam", "save_overlays", "explain_patient"]
 LAYERS = ("C3", "C4", "C5")
 
 
-def grad_cam(net: torch.nn.Module, raw: torch.Tensor, *, layer: str = "C4",
+def grad_cam(net: torch.nn.Module, hu: torch.Tensor, *, layer: str = "C4",
              target: int = CLASS_COVID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Grad-CAM of a batch of raw slices.
+    """Grad-CAM of a batch of slices.
 
     Parameters
     ----------
     net : FPNClassifier
         A model of :func:`ctengine.learn.model.build_model` (eval mode is used, and restored).
-    raw : torch.Tensor
-        (N, C, H, W) raw slices, as the loader feeds them.
+    hu : torch.Tensor
+        (N, C, H, W) float HU slices, as the loader feeds them.
     layer : {"C3", "C4", "C5"}
         Backbone stage of the map.
     target : int
@@ -54,7 +54,7 @@ def grad_cam(net: torch.nn.Module, raw: torch.Tensor, *, layer: str = "C4",
     --------
     >>> from ctengine.learn.model import build_model
     >>> net = build_model("small", seed=0)
-    >>> images, cams, p = grad_cam(net, torch.full((2, 1, 128, 128), 1024.0))
+    >>> images, cams, p = grad_cam(net, torch.full((2, 1, 128, 128), -1000.0))
     >>> images.shape, cams.shape, p.shape, bool(((cams >= 0) & (cams <= 1)).all())
     ((2, 128, 128), (2, 128, 128), (2,), True)
     """
@@ -71,7 +71,7 @@ def grad_cam(net: torch.nn.Module, raw: torch.Tensor, *, layer: str = "C4",
     handle = net.backbone.register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            prepared = net.prepare(raw).detach().requires_grad_(False)
+            prepared = net.prepare(hu).detach()
             logits = net.classify(prepared)
             logits[:, target].sum().backward()
         activations, grads = taps["A"].detach(), taps["A"].grad.detach()
@@ -128,8 +128,7 @@ def explain_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
         raise ValueError(f"no selected slice in {patient_dir}: nothing to explain")
     picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
     target = next(net.parameters()).device
-    images, cams, probability = grad_cam(net, torch.from_numpy(inputs[picks]).to(target).to(torch.float32),
-                                         layer=layer)
+    images, cams, probability = grad_cam(net, torch.from_numpy(inputs[picks]).to(target), layer=layer)
     titles = [f"{files[i]}: p(COVID) {p:.2f}" for i, p in zip(picks, probability)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

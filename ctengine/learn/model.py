@@ -9,9 +9,12 @@ the lateral 1 x 1 projection instead of adding them. Five pyramid levels
 five pairs of outputs are concatenated and classified again by a final
 dense layer.
 
-Input: (N, 1, H, W) slices in raw units (uint16 = HU + 1024, any integer or
-float dtype). The model converts integer input to float32, normalises it on
-the device (``config["normalization"]``), resizes it to
+Input: (N, 1, H, W) slices in Hounsfield units, float32 or integer (what
+:class:`ctengine.learn.loader.SliceLoader` yields). The model converts them
+to float32 raw units (raw = HU + 1024, the values the authors' network and
+the viewer's normalisation take, identical to the stored uint16 values of
+COVID-CTset), normalises them on the device (``config["normalization"]``),
+resizes them to
 ``config["input_size"]`` if that is set (box average for an integer shrink
 factor such as 512 -> 128, antialiased bilinear otherwise), and returns
 logits (N, 2): column ``CLASS_NORMAL`` (0) is normal, ``CLASS_COVID`` (1)
@@ -195,15 +198,22 @@ class FPNClassifier(nn.Module):
         return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw (N, C, H, W) slices -> float, normalised, resized network input."""
+        """HU (N, C, H, W) slices -> float32 raw units (HU + 1024), normalised, resized network input.
+
+        Float32 or integer HU; raw = HU + 1024 is exact in float32 for
+        integer HU, so the network sees the stored raw values of a COVID-CTset
+        slice.
+        """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
             raise ValueError(f"x must be (N, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
-        if not torch.is_floating_point(x):
-            x = x.to(torch.float32)
+        if x.dtype == torch.uint16:
+            raise TypeError("x must be HU (float32 or a signed integer dtype), got uint16 raw values: "
+                            "convert with ctengine.learn.samples.raw_to_output")
+        x = x.to(torch.float32) + float(HU_OFFSET)  # the raw units of the authors' network
         c = self.config
-        if c["crop"] == "lung":   # on raw values: the lungs are the pixels > 0 of lung-only input
+        if c["crop"] == "lung":   # on raw values: the lungs are the pixels > 0 (HU > -1024) of lung-only input
             x = crop_to_content(x, self._input_hw() if c["input_size"] is not None else tuple(x.shape[-2:]))
         x = normalize(x, mode=c["normalization"], constant=c["norm_constant"],
                       window_hu=tuple(c["window_hu"]))
@@ -212,7 +222,7 @@ class FPNClassifier(nn.Module):
         return x
 
     def pyramid(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Backbone taps (C3, C4, C5), merged maps (M3..M5) and levels (P3..P7) of raw `x`."""
+        """Backbone taps (C3, C4, C5), merged maps (M3..M5) and levels (P3..P7) of HU `x`."""
         c3, c4, c5 = self.backbone(self.prepare(x))
         return {"C3": c3, "C4": c4, "C5": c5, **self.fpn(c3, c4, c5)}
 
@@ -227,7 +237,7 @@ class FPNClassifier(nn.Module):
         return self.classifier(torch.cat(per_level, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, num_classes) of raw slices (N, C, H, W); column 1 is COVID."""
+        """Logits (N, num_classes) of HU slices (N, C, H, W); column 1 is COVID."""
         return self.classify(self.prepare(x))
 
 

@@ -1,10 +1,9 @@
 """Prediction: COVID probabilities of stored slices, and the automated path on a patient's folder.
 
-Both feed the network exactly what training fed it: raw uint16 slices
+Both feed the network exactly what training fed it: float32 HU slices
 (lung only when the checkpoint's model is, with the lung mask of
 :func:`ctengine.features.series_features` computed from the series' spacing
-and rescale), converted to float32 on the device, logits under the same
-autocast as training.
+and rescale), logits under the same autocast as training.
 """
 from __future__ import annotations
 
@@ -20,6 +19,7 @@ from ..constants import (CLASS_COVID, CLASS_NAMES, CLASS_NORMAL, DEFAULT_INTERCE
                          PATIENT_COVID_FRACTION)
 from ..features import series_features
 from .loader import DeviceLoader, SliceLoader, apply_lung_only
+from .samples import raw_to_output
 
 #: series of a patient whose selected slices decide (the authors' rule)
 DECISION_SERIES = "SR_2"
@@ -72,7 +72,7 @@ def series_inputs(raw: np.ndarray, *, spacing: tuple[float, float] | None, slope
     slope, intercept : float
         Rescale of the series: HU = raw * slope + intercept.
     lung_only : bool
-        The checkpoint's rule: pixels outside the lung mask set to raw 0.
+        The checkpoint's rule: pixels outside the lung mask set to raw 0 (air, -1024 HU).
 
     Returns
     -------
@@ -81,14 +81,14 @@ def series_inputs(raw: np.ndarray, *, spacing: tuple[float, float] | None, slope
     chosen : ndarray
         Indices (z) of the selected slices.
     inputs : ndarray
-        uint16 (len(chosen), 1, y, x): what the loader feeds for those slices.
+        float32 HU (len(chosen), 1, y, x): what the loader feeds for those slices.
     """
     mask, table = series_features(raw, spacing=spacing, slope=slope, intercept=intercept)
     chosen = np.flatnonzero(table["selected"].to_numpy(dtype=bool))
     inputs = np.ascontiguousarray(raw[chosen])
     if lung_only:
         apply_lung_only(inputs, np.asarray(mask)[chosen])
-    return table, chosen, inputs[:, None]
+    return table, chosen, raw_to_output(torch.from_numpy(inputs[:, None]), slope, intercept).numpy()
 
 
 def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.PathLike,
@@ -133,7 +133,6 @@ def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
     target = next(net.parameters()).device
     probability = np.full(len(table), np.nan)
     probability[chosen] = covid_probabilities(net, (torch.from_numpy(inputs[start:start + batch_size]).to(target)
-                                                    .to(torch.float32)
                                                     for start in range(0, len(chosen), batch_size)))
     covid = int(np.sum(probability[chosen] >= 0.5))
     fraction = covid / len(chosen) if len(chosen) else float("nan")
@@ -188,7 +187,7 @@ def read_patient_series(patient_dir: str | os.PathLike, series: str = DECISION_S
 def patient_inputs(patient_dir: str | os.PathLike, net: Any, *, series: str = DECISION_SERIES,
                    spacing: tuple[float, float] | None = None, slope: float = DEFAULT_SLOPE,
                    intercept: float = DEFAULT_INTERCEPT) -> tuple[list[str], np.ndarray]:
-    """(file names, uint16 (n, 1, y, x) network inputs) of a patient folder's selected slices, as predicted."""
+    """(file names, float32 HU (n, 1, y, x) network inputs) of a patient folder's selected slices, as predicted."""
     _, stack, names, _, _ = read_patient_series(patient_dir, series)
     _, chosen, inputs = series_inputs(stack, spacing=spacing, slope=slope, intercept=intercept,
                                       lung_only=net.config["lung_only"])

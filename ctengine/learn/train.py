@@ -39,7 +39,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from ..constants import CLASS_NAMES
+from ..constants import CLASS_NAMES, HU_OFFSET
 from ..store import open_store
 from .loader import SliceLoader, slice_rows
 
@@ -103,7 +103,7 @@ def recalibrate_batchnorm(net, batches: Iterable, *, prepared: bool = False) -> 
     Each layer's running mean and variance become the plain average of the
     per-batch statistics over all batches (momentum None), computed in
     training mode without gradients; the layers' momentum is restored
-    afterwards. `batches` yields images (raw, or prepared when `prepared`)
+    afterwards. `batches` yields images (HU, or prepared when `prepared`)
     or tuples whose first item is the images. Returns the number of
     batches; with none the statistics are left unchanged.
     """
@@ -208,8 +208,8 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
     weights = torch.tensor(counts.sum() / (2 * np.maximum(counts, 1)), dtype=torch.float32, device=target)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
     generator = torch.Generator().manual_seed(seed)
-    # the value raw 0 (air outside the field of view) takes after normalisation: fill of the warp
-    fill = float(net.prepare(torch.zeros((1, 1, 1, 1), device=target)).flatten()[0])
+    # the value raw 0 (air outside the field of view, -1024 HU) takes after normalisation: fill of the warp
+    fill = float(net.prepare(torch.full((1, 1, 1, 1), -float(HU_OFFSET), device=target)).flatten()[0])
     history = []
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

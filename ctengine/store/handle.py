@@ -177,26 +177,58 @@ class Store:
         """Per-slice features written by :func:`ctengine.features.compute_features` (one row per slice)."""
         return self.feature_table("slices")
 
-    def feature_table(self, name: str = "slices") -> pd.DataFrame:
-        """A feature table beside the store: ``slices``, ``series`` or ``patients``."""
+    def _feature_path(self, name: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """(filesystem, path) of an existing feature table; ValueError for another name or no features yet."""
         if name not in names.FEATURE_TABLES:
             raise ValueError(f"feature table must be slices, series or patients, got {name!r}")
         fs, base = filesystem(self.features_url, self.storage_options)
         path = f"{base}/{name}.parquet"
         if not fs.exists(path):
             raise ValueError(f"store {self.url!r} has no features yet: run `ctengine features {self.url}`")
+        return fs, path
+
+    def feature_table(self, name: str = "slices") -> pd.DataFrame:
+        """A feature table beside the store: ``slices``, ``series`` or ``patients``.
+
+        Column units and definitions: :meth:`feature_schema` and ``docs/FEATURES.md``.
+        """
+        fs, path = self._feature_path(name)
         with fs.open(path, "rb") as handle:
             return pd.read_parquet(handle)
 
-    def write_feature_tables(self, frames: dict[str, pd.DataFrame]) -> None:
-        """Write feature tables (``slices``, ``series``, ``patients``) as Parquet beside the store."""
+    def feature_schema(self, name: str = "slices"):
+        """The ``pyarrow.Schema`` of a feature table, with its metadata.
+
+        Each field's metadata holds ``unit``, ``description`` and
+        ``definition`` (bytes); the schema's ``ctengine`` entry the JSON of
+        :func:`ctengine.features.dictionary.schema_metadata` (histogram bin
+        edges and HU cut-offs).
+        """
+        import pyarrow.parquet as pq
+
+        fs, path = self._feature_path(name)
+        with fs.open(path, "rb") as handle:
+            return pq.read_schema(handle)
+
+    def write_feature_tables(self, frames: dict[str, Any]) -> None:
+        """Write feature tables (``slices``, ``series``, ``patients``) as Parquet beside the store.
+
+        Each table is a ``pyarrow.Table`` (written with its field and schema
+        metadata, see :func:`ctengine.features.dictionary.arrow_table`) or a
+        DataFrame.
+        """
+        import pyarrow.parquet as pq
+
         fs, base = filesystem(self.features_url, self.storage_options)
         fs.makedirs(base, exist_ok=True)
         for name, table in frames.items():
             if name not in names.FEATURE_TABLES:
                 raise ValueError(f"feature table must be slices, series or patients, got {name!r}")
             with fs.open(f"{base}/{name}.parquet", "wb") as handle:
-                table.to_parquet(handle, index=False)
+                if isinstance(table, pd.DataFrame):
+                    table.to_parquet(handle, index=False)
+                else:
+                    pq.write_table(table, handle)
 
     # ------------------------------------------------------------ series
 
