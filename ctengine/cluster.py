@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from typing import Iterator
@@ -31,9 +32,9 @@ def connect(scheduler: str, *, timeout: float = CONNECT_TIMEOUT_S) -> Client:
     SchedulerUnreachableError
         When no scheduler answers within ``timeout`` seconds.
     """
-    kwargs = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
+    address = _scheduler_file_address(scheduler) if scheduler.endswith(".json") else scheduler
     try:
-        return Client(**kwargs, timeout=timeout)
+        return Client(address, timeout=timeout)
     except (OSError, TimeoutError) as exc:
         raise SchedulerUnreachableError(
             f"no Dask scheduler answered at {scheduler} within {timeout:g} s: start it (dask scheduler) or "
@@ -46,6 +47,18 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _scheduler_file_address(path: str) -> str:
+    """The address in a scheduler file (distributed would wait for a missing file without end)."""
+    hint = f"start the scheduler with dask scheduler --scheduler-file {path}, or check the path"
+    try:
+        with open(path) as handle:
+            return json.load(handle)["address"]
+    except FileNotFoundError:
+        raise SchedulerUnreachableError(f"no scheduler file at {path}: {hint}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SchedulerUnreachableError(f"{path} is not a readable scheduler file ({exc!r}): {hint}") from None
 
 
 @contextlib.contextmanager

@@ -103,6 +103,32 @@ def test_an_unreachable_scheduler_is_named_after_the_connect_timeout(source, tmp
     assert address in line and "within 10 s" in line and "no Dask scheduler answered" in line
 
 
+def test_a_missing_scheduler_file_is_named(source, tmp_path):
+    missing = tmp_path / "scheduler.json"
+    result = CliRunner().invoke(main, ["ingest", str(source), "--store", str(tmp_path / "s.zarr"),
+                                       "--scheduler", str(missing)])
+    line = error_line(result, 1)
+    assert f"no scheduler file at {missing}" in line and "--scheduler-file" in line
+
+
+def test_a_scheduler_file_gives_its_address(client, tmp_path):
+    from ctengine.cluster import connect
+
+    file = tmp_path / "scheduler.json"
+    file.write_text(json.dumps({"address": client.scheduler.address}))
+    with connect(str(file)) as connected:
+        assert connected.scheduler.address == client.scheduler.address
+
+
+def test_not_a_store_is_both_a_missing_file_and_a_bad_value(tmp_path):
+    from ctengine.store import NotAStoreError, open_store
+
+    with pytest.raises(NotAStoreError, match="no store at") as raised:
+        open_store(tmp_path / "missing.zarr")
+    assert isinstance(raised.value, FileNotFoundError) and isinstance(raised.value, ValueError)
+    assert not (tmp_path / "missing.zarr").exists()
+
+
 @pytest.mark.parametrize("command", ["ingest", "verify", "features", "demo", "bench"])
 def test_workers_with_scheduler_is_a_usage_error(command, source, tmp_path):
     arguments = {"ingest": [str(source), "--store", str(tmp_path / "s.zarr")], "verify": [str(tmp_path)],
