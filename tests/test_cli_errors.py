@@ -195,6 +195,22 @@ def test_a_full_disk_during_ingest_says_to_free_space_and_rerun(source, tmp_path
     assert report["slices"] == 4 and report["series_written"] == 2 and not report["failed_series"]
 
 
+def test_series_failed_on_a_full_disk_end_features_with_the_free_space_line(tmp_path, monkeypatch):
+    import contextlib
+    from types import SimpleNamespace
+
+    report = SimpleNamespace(slices_computed=0, series_computed=0, series_skipped=1, seconds=1.0, slices_per_second=0,
+                             spacing_unknown=[], failed_series=[("patient1/SR_2", "OSError: [Errno 28] No space")])
+    monkeypatch.setattr("ctengine.cli._require_store", lambda store, options: None)
+    monkeypatch.setattr("ctengine.cli._client", lambda scheduler, workers: contextlib.nullcontext())
+    monkeypatch.setattr("ctengine.features.compute_features", lambda store, **kwargs: report)
+    store = tmp_path / "s.zarr"
+    result = CliRunner().invoke(main, ["features", str(store)])
+    line = error_line(result, 1)
+    assert line.startswith(f"Error: no space left on {store}.features: free space and run the same command again")
+    assert "failed series: patient1/SR_2: OSError: [Errno 28] No space" in result.stderr
+
+
 @pytest.mark.parametrize("number", [errno.ENOSPC, errno.EFBIG])
 def test_a_full_disk_in_the_command_itself_names_the_store(number, tmp_path, monkeypatch):
     def full(*args, **kwargs):
