@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .bench import BENCHMARKS
+from .cli_errors import DEBUG_ENV, Group, raise_if_disk_full
 from .constants import DEFAULT_INTERCEPT, DEFAULT_SLOPE
 
 
@@ -30,6 +31,13 @@ def _client(scheduler: str | None, workers: int | None):
     return dask_client(scheduler=scheduler, workers=workers)
 
 
+def _require_store(store: str, storage_options: dict | None) -> None:
+    """Refuse a location that is not a store before a cluster starts or a checkpoint loads."""
+    from .store import open_store
+
+    open_store(store, storage_options=storage_options)
+
+
 cluster_options = [
     click.option("--workers", type=click.IntRange(min=1), default=None,
                  help="Worker processes of the local Dask cluster (default: one per core)."),
@@ -37,10 +45,23 @@ cluster_options = [
 ]
 
 
+def check_cluster_options(workers: int | None, scheduler: str | None) -> None:
+    """Refuse ``--workers`` with ``--scheduler`` (a usage error: the scheduler's cluster has its own workers)."""
+    if workers and scheduler:
+        raise click.UsageError(f"give --workers N (a local cluster) or --scheduler {scheduler} (its own workers), "
+                               f"not both")
+
+
 def with_cluster(func):
+    """``--workers`` and ``--scheduler``, refused together before the command runs."""
+    @functools.wraps(func)
+    def checked(*args, **kwargs):
+        check_cluster_options(kwargs.get("workers"), kwargs.get("scheduler"))
+        return func(*args, **kwargs)
+
     for option in reversed(cluster_options):
-        func = option(func)
-    return func
+        checked = option(checked)
+    return checked
 
 
 def device_option(default: str, help_text: str):
@@ -53,20 +74,10 @@ storage_option = click.option("--storage-options", default=None,
                               help="JSON object for fsspec (endpoint, credentials) of a remote store.")
 
 
-def user_errors(func):
-    """Report a user error (a missing or foreign store, a bad fold or device, ...) as one line, exit status 1."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as exc:
-            raise click.ClickException(str(exc)) from None
-    return wrapper
-
-
-@click.group()
+@click.group(cls=Group)
 @click.version_option(package_name="ctengine")
-def main() -> None:
+@click.option("--debug", is_flag=True, help=f"Show the traceback of an unexpected error (also: {DEBUG_ENV}=1).")
+def main(debug) -> None:
     """ctengine: high-throughput preprocessing and features for lung CT (COVID-CTset)."""
 
 
@@ -120,18 +131,18 @@ def synth(out, patients, slices_per_series, like, fraction, seed, flat, workers,
 def ingest(sources, store, details, metadata, labels, strict, storage_options, as_json, workers, scheduler) -> None:
     """Ingest COVID-CTset SOURCES (tree, zips or flat folder) into a Zarr v3 STORE."""
     from .ingestion import ingest as run_ingest
-    from .store import StoreBusyError
+    from .store import resolve
+    from .store.handle import check_location
 
-    try:
-        with _client(scheduler, workers) as client:
-            report = run_ingest(sources, store, details=details, metadata=metadata, labels=list(labels) or None,
-                                client=client, storage_options=_storage_options(storage_options))
-    except (StoreBusyError, ValueError, FileNotFoundError) as exc:  # nothing to ingest, unreadable CSV, ...
-        raise click.ClickException(str(exc)) from None
+    check_location(resolve(store), "a")  # a regular file refused before the cluster starts
+    with _client(scheduler, workers) as client:
+        report = run_ingest(sources, store, details=details, metadata=metadata, labels=list(labels) or None,
+                            client=client, storage_options=_storage_options(storage_options))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         _print_ingest(report)
+    raise_if_disk_full((reason for _, reason in report.failed_series), {"store": store})
     if report.failed_series or (strict and report.quarantined):
         sys.exit(1)
 
@@ -166,11 +177,11 @@ def _print_ingest(report) -> None:
               help="Also compare against these sources (repeatable).")
 @storage_option
 @with_cluster
-@user_errors
 def verify(store, sources, storage_options, workers, scheduler) -> None:
     """Re-read STORE and compare every slice's checksum; exit 1 on any mismatch."""
     from .store import verify as run_verify
 
+    _require_store(store, _storage_options(storage_options))
     with _client(scheduler, workers) as client:
         report = run_verify(store, sources=sources, client=client, storage_options=_storage_options(storage_options))
     for what, reason in report.mismatches:
@@ -188,7 +199,6 @@ def verify(store, sources, storage_options, workers, scheduler) -> None:
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True)
 @storage_option
-@user_errors
 def info(store, as_json, storage_options) -> None:
     """Patients, series and slices per label, bytes and compression ratio of STORE."""
     from .store import store_info
@@ -214,12 +224,12 @@ def info(store, as_json, storage_options) -> None:
 @device_option("cpu", "Numba CPU kernels, or CUDA kernels on the workers' GPU.")
 @storage_option
 @with_cluster
-@user_errors
 def features(store, device, storage_options, workers, scheduler) -> None:
     """CT selection, lung masks and HU statistics for every series of STORE."""
     from .features import compute_features
     from .store import features_path
 
+    _require_store(store, _storage_options(storage_options))
     with _client(scheduler, workers) as client:
         report = compute_features(store, device=device, client=client,
                                   storage_options=_storage_options(storage_options))
@@ -232,6 +242,7 @@ def features(store, device, storage_options, workers, scheduler) -> None:
                    f"{', ...' if len(report.spacing_unknown) > 5 else ''})")
     for series, reason in report.failed_series:
         click.echo(f"failed series: {series}: {reason}", err=True)
+    raise_if_disk_full((reason for _, reason in report.failed_series), {"store": features_path(store)})
     if report.failed_series:
         sys.exit(1)
 
@@ -248,7 +259,6 @@ def features(store, device, storage_options, workers, scheduler) -> None:
 @device_option("auto", "Where the network trains.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @storage_option
-@user_errors
 def train(store, fold, model, epochs, batch_size, lr, out, device, seed, storage_options) -> None:
     """Train a COVID/normal slice classifier on fold FOLD of STORE."""
     from .learn.train import train as run_train
@@ -270,12 +280,12 @@ def train(store, fold, model, epochs, batch_size, lr, out, device, seed, storage
               help="Patient is COVID when at least this fraction of its selected SR_2 slices is.")
 @device_option("auto", "Where the network runs.")
 @storage_option
-@user_errors
 def evaluate(store, fold, checkpoint, out, threshold, device, storage_options) -> None:
     """Evaluate CHECKPOINT on the test split of fold FOLD: predictions.csv, metrics.json, plots."""
     from .learn.evaluate import evaluate as run_evaluate
     from .learn.metrics import metrics_markdown
 
+    _require_store(store, _storage_options(storage_options))
     metrics = run_evaluate(store, fold=fold, checkpoint=checkpoint, out=out, threshold=threshold, device=device,
                            storage_options=_storage_options(storage_options))
     click.echo(metrics_markdown(metrics, title=f"Fold {fold}"))
@@ -296,7 +306,6 @@ def evaluate(store, fold, checkpoint, out, threshold, device, storage_options) -
 @click.option("--intercept", type=float, default=DEFAULT_INTERCEPT, show_default=True, help="Rescale intercept (HU).")
 @click.option("--explain", type=click.Path(file_okay=False), default=None, metavar="OUT",
               help="Also write Grad-CAM overlays of the selected slices to OUT/gradcam.png.")
-@user_errors
 def predict(patient_dir, checkpoint, threshold, series, device, as_json, spacing, slope, intercept, explain) -> None:
     """Select, classify and decide on one patient's folder of TIFFs."""
     from .learn.predict import predict_patient
@@ -367,6 +376,7 @@ def bench(names, full, quick, keep, workdir, out, results_md, record, workers, s
     from .bench import repository, run_suite, select
     from .bench.full import DiskSpaceError
 
+    check_cluster_options(workers, scheduler)
     if full and (names or quick):
         raise click.UsageError("--full runs alone: give no NAMES and no --quick")
     repo = repository() if record else None

@@ -2,11 +2,43 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from typing import Iterator
 
 from distributed import Client, LocalCluster
+
+#: seconds a connection to an existing scheduler may take before it is reported unreachable
+CONNECT_TIMEOUT_S = 10
+
+
+class SchedulerUnreachableError(ConnectionError):
+    """No Dask scheduler answered at the given address (or scheduler file) within :data:`CONNECT_TIMEOUT_S`."""
+
+
+def connect(scheduler: str, *, timeout: float = CONNECT_TIMEOUT_S) -> Client:
+    """A Client of the running scheduler at ``scheduler`` (``tcp://host:8786`` or a scheduler file ``.json``).
+
+    Parameters
+    ----------
+    scheduler : str
+        Address of the scheduler, or path of its scheduler file.
+    timeout : float
+        Seconds to wait for the connection.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        When no scheduler answers within ``timeout`` seconds.
+    """
+    address = _scheduler_file_address(scheduler) if scheduler.endswith(".json") else scheduler
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerUnreachableError(
+            f"no Dask scheduler answered at {scheduler} within {timeout:g} s: start it (dask scheduler) or "
+            f"check the address, or leave out --scheduler to run a local cluster") from exc
 
 
 def default_workers() -> int:
@@ -15,6 +47,18 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _scheduler_file_address(path: str) -> str:
+    """The address in a scheduler file (distributed would wait for a missing file without end)."""
+    hint = f"start the scheduler with dask scheduler --scheduler-file {path}, or check the path"
+    try:
+        with open(path) as handle:
+            return json.load(handle)["address"]
+    except FileNotFoundError:
+        raise SchedulerUnreachableError(f"no scheduler file at {path}: {hint}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SchedulerUnreachableError(f"{path} is not a readable scheduler file ({exc!r}): {hint}") from None
 
 
 @contextlib.contextmanager
@@ -30,21 +74,26 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None,
         Worker processes of the local cluster (default: one per core).
     memory_limit : str, optional
         Memory limit per local worker (dask syntax, e.g. ``"2GiB"``).
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        When ``scheduler`` does not answer within :data:`CONNECT_TIMEOUT_S` seconds.
     """
     if scheduler and workers:
         raise ValueError("give either scheduler or workers, not both")
     if scheduler:
-        kwargs = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
-        with Client(**kwargs) as client:
+        with connect(scheduler) as client:
             yield client
         return
     for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # No dashboard; the scheduler's HTTP endpoint (health, metrics) listens on a free local port rather
     # than 8787, which another cluster on the machine may hold (a port clash is a warning, an error
-    # where warnings are errors).
+    # where warnings are errors). Workers log only critical events: a task that raises is logged by its
+    # worker with the task's traceback ("Compute Failed"), and the driver reports it as one line instead.
     with LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
                       dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                      memory_limit=memory_limit, silence_logs=logging.ERROR) as cluster:
+                      memory_limit=memory_limit, silence_logs=logging.CRITICAL) as cluster:
         with Client(cluster) as client:
             yield client

@@ -91,6 +91,38 @@ def series_inputs(raw: np.ndarray, *, spacing: tuple[float, float] | None, slope
     return table, chosen, raw_to_output(torch.from_numpy(inputs[:, None]), slope, intercept).numpy()
 
 
+def _tiffs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff") and p.is_file())
+
+
+def series_folder(patient_dir: str | os.PathLike, series: str = DECISION_SERIES) -> Path:
+    """The folder of TIFFs :func:`predict_patient` reads: ``patient_dir/series``, else ``patient_dir`` itself.
+
+    Raises
+    ------
+    ValueError
+        When that folder holds no TIFF, naming what it holds instead (patient
+        folders of a group, other series) and what to give.
+    """
+    folder = Path(patient_dir)
+    if (folder / series).is_dir():
+        folder = folder / series
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder: give one patient's folder of SR_k series folders")
+    if _tiffs(folder):
+        return folder
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if any(name.startswith("SR_") for name in subfolders):
+        raise ValueError(f"{folder} has no {series} folder (it has {', '.join(subfolders)}): choose one with --series")
+    if subfolders:
+        what = "patient folders" if any(name.startswith("patient") for name in subfolders) else "folders"
+        listed = ", ".join(subfolders[:3]) + (", ..." if len(subfolders) > 3 else "")
+        raise ValueError(f"{folder} holds {what} ({listed}), not one patient's TIFFs: give one of them, "
+                         f"e.g. {folder / subfolders[0]}")
+    raise ValueError(f"no TIFF in {folder}: give one patient's folder (its SR_k folders) or one series' folder "
+                     f"of IMnnnnn.tif slices")
+
+
 def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.PathLike,
                     threshold: float = PATIENT_COVID_FRACTION, series: str = DECISION_SERIES, batch_size: int = 16,
                     device: str = "auto", spacing: tuple[float, float] | None = None, slope: float = DEFAULT_SLOPE,
@@ -98,7 +130,7 @@ def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
     """The fully automated path on one patient's folder of TIFFs: selection, classification, decision.
 
     ``patient_dir`` holds ``SR_k`` folders (``series`` is used) or the TIFFs
-    of one series. Unreadable files are skipped and listed.
+    of one series (see :func:`series_folder`). Unreadable files are skipped and listed.
 
     Parameters
     ----------
@@ -160,10 +192,8 @@ def read_patient_series(patient_dir: str | os.PathLike, series: str = DECISION_S
     from ..layout import parse_name
     from ..tiffio import BadSliceError, decode_slice
 
-    folder = Path(patient_dir)
-    if (folder / series).is_dir():
-        folder = folder / series
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    folder = series_folder(patient_dir, series)
+    files = _tiffs(folder)
     images, names, instances, skipped = [], [], [], []
     for path in files:
         try:
@@ -175,7 +205,8 @@ def read_patient_series(patient_dir: str | os.PathLike, series: str = DECISION_S
         key = parse_name(f"g/patient0/{series}/{path.name}")
         instances.append(key.instance if key else len(instances) + 1)
     if not images:
-        raise ValueError(f"no readable slice in {folder}")
+        raise ValueError(f"none of the {len(files)} TIFFs in {folder} is readable ({skipped[0][1]}): give the "
+                         f"folder of one series of CT slices")
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
         raise ValueError(f"slices of {folder} differ in shape: {sorted(shapes)}")

@@ -15,11 +15,11 @@ and OME-Zarr readers. Modules:
 from __future__ import annotations
 
 from .chunks import ChunkReader
-from .handle import Store, filesystem, open_root, open_store
+from .handle import NotAStoreError, Store, filesystem, open_root, open_store
 from .info import store_info
 from .lock import StoreBusyError, store_lock
 from .names import features_path, resolve
 from .verify import VerifyReport, verify
 
-__all__ = ["ChunkReader", "Store", "StoreBusyError", "VerifyReport", "features_path", "filesystem", "open_root",
+__all__ = ["ChunkReader", "NotAStoreError", "Store", "StoreBusyError", "VerifyReport", "features_path", "filesystem", "open_root",
            "open_store", "resolve", "store_info", "store_lock", "verify"]

@@ -46,6 +46,42 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return bool({"file", "local"} & set(protocols))
 
 
+class NotAStoreError(FileNotFoundError, ValueError):
+    """Not a ctengine store: missing, a regular file or something else (as zarr's FileNotFoundError, a ValueError)."""
+
+
+def check_location(url: str, mode: str) -> None:
+    """Refuse a local store location that cannot be a store, naming it and what to give instead.
+
+    Parameters
+    ----------
+    url : str
+        Resolved location (:func:`ctengine.store.names.resolve`); URLs other
+        than ``file://`` are left to zarr.
+    mode : {"r", "a"}
+        ``"r"``: the location must exist and be a folder with a root group.
+        ``"a"``: it must not be a regular file (a missing folder is created).
+
+    Raises
+    ------
+    NotAStoreError
+    """
+    if "://" in url and not url.startswith("file://"):
+        return
+    path = url.split("://", 1)[-1]
+    if os.path.isfile(path):
+        raise NotAStoreError(f"{url} is a file, not a store: give " + ("a folder (created if missing)" if mode == "a"
+                                                                     else "the folder ctengine ingest --store wrote"))
+    if mode == "a":
+        return
+    if not os.path.exists(path):
+        raise NotAStoreError(f"no store at {url}: check the path, or write one with "
+                             f"ctengine ingest SOURCES --store {url}")
+    if not os.path.isfile(os.path.join(path, "zarr.json")):
+        raise NotAStoreError(f"{url} is a folder but not a ctengine store (no zarr.json): give the folder "
+                             f"ctengine ingest --store wrote")
+
+
 def _reopen(url: str, mode: str, storage_options: dict | None) -> "Store":
     return Store(url, mode=mode, storage_options=storage_options)
 
@@ -80,9 +116,15 @@ class Store:
         self.url = names.resolve(url)
         self.mode = mode
         self.storage_options = storage_options
-        self.root = open_root(self.url, mode=mode, storage_options=storage_options)
+        check_location(self.url, mode)
+        try:
+            self.root = open_root(self.url, mode=mode, storage_options=storage_options)
+        except FileNotFoundError as exc:  # a remote location without a root group
+            raise NotAStoreError(f"no store at {self.url}: check the URL, or write one with "
+                                 f"ctengine ingest SOURCES --store {self.url}") from exc
         if mode == "r" and self.root.attrs.get("format") != names.FORMAT:
-            raise ValueError(f"{self.url!r} is not a ctengine store (root attribute format={names.FORMAT!r} missing)")
+            raise NotAStoreError(f"{self.url} is not a ctengine store (root attribute format={names.FORMAT!r} "
+                                 f"missing): give the folder ctengine ingest --store wrote")
         self.fs, self.base = filesystem(self.url, storage_options)
         self._catalog: pd.DataFrame | None = None
 
@@ -372,6 +414,12 @@ def open_store(url: str | os.PathLike, *, mode: str = "r", storage_options: dict
     Returns
     -------
     Store
+
+    Raises
+    ------
+    NotAStoreError
+        When the location is missing (``mode="r"``), a regular file, or not
+        a ctengine store (``mode="r"``).
 
     Examples
     --------
