@@ -285,10 +285,10 @@ def test_the_network_sees_the_values_it_saw_before_the_loader_gave_hu(phantom_st
 
 def _prepare_raw(net, x):
     """The model's input preparation as it was for raw float32 input (crop on raw > 0, normalise, resize)."""
-    from ctengine.learn.model import crop_to_content, normalize
+    from ctengine.learn.model import crop_to_content, normalize_tensor
     from ctengine.learn.network import resize
 
     c = net.config
     x = crop_to_content(x, (32, 32))
-    x = normalize(x, mode=c["normalization"], constant=c["norm_constant"], window_hu=tuple(c["window_hu"]))
+    x = normalize_tensor(x, mode=c["normalization"], constant=c["norm_constant"], window_hu=tuple(c["window_hu"]))
     return resize(x, (32, 32))

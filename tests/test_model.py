@@ -8,7 +8,7 @@ import torch.nn.functional as F  # noqa: E402
 from ctengine.constants import CLASS_COVID, CLASS_NAMES, CLASS_NORMAL, LABELS  # noqa: E402
 from ctengine.learn.train import recalibrate_batchnorm  # noqa: E402
 from ctengine.learn.model import (  # noqa: E402
-    ARCHITECTURES, build_model, load_checkpoint, normalize, parameter_count, save_checkpoint,
+    ARCHITECTURES, build_model, load_checkpoint, normalize_tensor, parameter_count, save_checkpoint,
 )
 
 
@@ -106,7 +106,7 @@ def test_normalize_max_matches_dataset_viewer():
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 5000, size=(3, 1, 16, 16), dtype=np.uint16)
     raw[2] = 0
-    got = normalize(torch.from_numpy(raw).float(), mode="max").numpy()
+    got = normalize_tensor(torch.from_numpy(raw).float(), mode="max").numpy()
     for i in range(2):
         np.testing.assert_array_equal(got[i], np.float32(raw[i] / raw[i].max()))
     assert (got[2] == 0).all()
@@ -120,22 +120,22 @@ def test_normalize_matches_array_reference(mode):
     raw[1] = 0
     opts = {"window": "lung"} if mode == "window" else {}
     want = ref.normalize(raw, mode, method="reference", **opts)
-    got = normalize(torch.from_numpy(raw).float()[:, None], mode=mode)[:, 0].numpy()
+    got = normalize_tensor(torch.from_numpy(raw).float()[:, None], mode=mode)[:, 0].numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=0 if mode == "max" else 1e-6)
 
 
 def test_normalize_fixed_window_none():
     raw = torch.tensor([-500.0, 0.0, 424.0, 1174.0, 3000.0]).reshape(1, 1, 1, 5)
-    torch.testing.assert_close(normalize(raw, mode="fixed"), raw / 65535)
-    torch.testing.assert_close(normalize(raw, mode="fixed", constant=4096.0), raw / 4096)
+    torch.testing.assert_close(normalize_tensor(raw, mode="fixed"), raw / 65535)
+    torch.testing.assert_close(normalize_tensor(raw, mode="fixed", constant=4096.0), raw / 4096)
     # HU = raw - 1024; lung window -600 / 1500 spans -1350..150 HU
     want = torch.tensor([0.0, 326 / 1500, 0.5, 1.0, 1.0]).reshape(1, 1, 1, 5)
-    torch.testing.assert_close(normalize(raw, mode="window"), want)
-    assert normalize(raw, mode="none") is raw
+    torch.testing.assert_close(normalize_tensor(raw, mode="window"), want)
+    assert normalize_tensor(raw, mode="none") is raw
     with pytest.raises(ValueError):
-        normalize(raw, mode="hu")
+        normalize_tensor(raw, mode="hu")
     with pytest.raises(TypeError):
-        normalize(raw.to(torch.int32), mode="max")
+        normalize_tensor(raw.to(torch.int32), mode="max")
 
 
 def test_forward_accepts_int32_hu_refuses_uint16_and_validates_shape():

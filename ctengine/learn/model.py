@@ -53,11 +53,11 @@ from .network import LEVELS, ConcatFPN, LevelHead, ResNetV2Backbone, level_sizes
 
 __all__ = [
     "ARCHITECTURES", "CLASS_COVID", "CLASS_NAMES", "CLASS_NORMAL", "NORMALIZATIONS",
-    "FPNClassifier", "build_model", "crop_to_content", "load_checkpoint", "normalize", "parameter_count",
+    "FPNClassifier", "build_model", "crop_to_content", "load_checkpoint", "normalize_tensor", "parameter_count",
     "save_checkpoint",
 ]
 
-#: normalisations applied on the device before the network (see `normalize`)
+#: normalisations applied on the device before the network (see `normalize_tensor`)
 NORMALIZATIONS = ("none", "max", "fixed", "window")
 #: head kinds: global average pooling or flattening (fixed input size)
 HEADS = ("pool", "flatten")
@@ -86,7 +86,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
-def normalize(x: torch.Tensor, *, mode: str = "max", constant: float = FIXED_DIVISOR_RAW,
+def normalize_tensor(x: torch.Tensor, *, mode: str = "max", constant: float = FIXED_DIVISOR_RAW,
               window_hu: tuple[float, float] = LUNG_WINDOW_HU,
               hu_offset: float = HU_OFFSET) -> torch.Tensor:
     """Normalise raw slices on their device.
@@ -116,9 +116,9 @@ def normalize(x: torch.Tensor, *, mode: str = "max", constant: float = FIXED_DIV
     Examples
     --------
     >>> raw = torch.tensor([[[[0.0, 424.0, 1174.0, 2000.0]]]])
-    >>> normalize(raw, mode="window")
+    >>> normalize_tensor(raw, mode="window")
     tensor([[[[0.2173, 0.5000, 1.0000, 1.0000]]]])
-    >>> normalize(raw, mode="max")
+    >>> normalize_tensor(raw, mode="max")
     tensor([[[[0.0000, 0.2120, 0.5870, 1.0000]]]])
     """
     if not torch.is_floating_point(x):
@@ -215,7 +215,7 @@ class FPNClassifier(nn.Module):
         c = self.config
         if c["crop"] == "lung":   # on raw values: the lungs are the pixels > 0 (HU > -1024) of lung-only input
             x = crop_to_content(x, self._input_hw() if c["input_size"] is not None else tuple(x.shape[-2:]))
-        x = normalize(x, mode=c["normalization"], constant=c["norm_constant"],
+        x = normalize_tensor(x, mode=c["normalization"], constant=c["norm_constant"],
                       window_hu=tuple(c["window_hu"]))
         if c["input_size"] is not None:
             x = resize(x, self._input_hw())
@@ -287,7 +287,7 @@ def build_model(name: str = "small", *, seed: int | None = None, **config: Any) 
         Seed of the weight initialisation (the global RNG is left untouched).
     **config
         Overrides of ``ARCHITECTURES[name]``: ``normalization`` (see
-        `normalize`), ``norm_constant`` (raw), ``window_hu`` ((centre, width)
+        `normalize_tensor`), ``norm_constant`` (raw), ``window_hu`` ((centre, width)
         HU), ``input_size`` (None keeps the input size, int or (H, W) resizes
         on the device, pixels), ``head`` ("pool" or "flatten"; "flatten"
         needs ``input_size``), ``dropout``, ``bn_momentum`` (PyTorch
