@@ -57,8 +57,13 @@ def run_demo(workdir: str | Path, *, patients: int = 24, epochs: int = 30, seed:
     echo(f"      image accuracy {metrics['accuracy']:.3f}, COVID sensitivity {metrics['covid_sensitivity']:.3f}, "
          f"patients right/wrong {metrics['patients_correct']}/{metrics['patients_wrong']}")
     echo("[6/6] report")
+    from . import __version__
+
+    config = {"model": "small ResNet-FPN", "epochs": epochs, "fold": 1, "seed": seed, "patients": patients,
+              "slices": report.slices, "ctengine": __version__, "checkpoint": str(trained.checkpoint)}
     page = write_report(work / "report", store=str(store), evaluation=work / "run/evaluation",
-                        history=trained.history, metrics=metrics, throughput=throughput, seconds=seconds)
+                        history=trained.history, metrics=metrics, throughput=throughput, seconds=seconds,
+                        config=config, checkpoint=trained.checkpoint)
     total = time.perf_counter() - started
     echo(f"done in {total:.0f} s; slices/s: " + ", ".join(f"{k} {v:.0f}" for k, v in throughput.items()))
     echo(f"report: {page.resolve()}")

@@ -30,7 +30,7 @@ def montage_png(opened: Store, patient: str, series: str, *, count: int = 8) -> 
     mask = opened.lung_mask(patient, series)[:]
     picks = np.linspace(0, len(raw) - 1, min(count, len(raw))).round().astype(int)
     cols = (len(picks) + 1) // 2
-    fig, axes = figure(2.4 * cols, 5, rows=2, cols=cols)
+    fig, axes = figure(3.4 * cols, 7.2, rows=2, cols=cols)
     for ax, z in zip(np.ravel(axes), picks):
         ax.imshow(_lung_window(raw[z], slope, intercept), cmap="gray")
         for value, colour in ((1, "#e5533c"), (2, "#3c78e5")):
@@ -97,41 +97,123 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="t")
 
 
-def write_report(out: str | os.PathLike, *, store: str, evaluation: str | os.PathLike, history: list[dict],
-                 metrics: dict[str, Any], throughput: dict[str, float], seconds: dict[str, float]) -> Path:
-    """Write ``out/index.html`` and ``out/metrics.json``; return the HTML path."""
-    from .learn.metrics import metrics_markdown
+def _caveat(n: int, what: str) -> str:
+    """A warning next to a number computed from few cases."""
+    return (f'<p class="caveat">Computed from {n} {what}: one case moves it by {100 / n:.0f} points; '
+            f"read it as a smoke test, not an estimate.</p>") if 0 < n < 30 else ""
 
+
+def evaluation_section(metrics: dict[str, Any], patients: pd.DataFrame, evaluation: Path) -> str:
+    """Image metrics as an HTML table (paper definitions), the split's size beside them, confusion and ROC."""
+    names = [("accuracy", "accuracy"), ("covid_sensitivity", "COVID sensitivity"),
+             ("covid_specificity", "COVID specificity"), ("covid_precision", "COVID precision"),
+             ("normal_sensitivity", "normal sensitivity"), ("auc", "ROC AUC")]
+    table = pd.DataFrame({"metric": [label for _, label in names],
+                          "value": [float(metrics.get(key, np.nan)) for key, _ in names]})
+    by_label = patients["label"].value_counts()
+    size = (f"<p>Test split: {int(metrics.get('images', 0))} labelled images of {len(patients)} patients "
+            f"({int(by_label.get('covid', 0))} COVID, {int(by_label.get('normal', 0))} normal).</p>")
+    return (size + _table(table) + _caveat(len(patients), "test patients")
+            + _img((evaluation / "confusion.png").read_bytes(), "confusion matrix")
+            + _img((evaluation / "roc.png").read_bytes(), "ROC"))
+
+
+def patients_table(opened: Store, evaluation: Path, fold: int) -> pd.DataFrame:
+    """One row per test patient: label, split, selected slices, fraction called COVID, verdict, right or
+    wrong, lung volume (L) and opacity (%) of SR_2."""
+    decisions = pd.read_csv(evaluation / "patients.csv")
+    features = opened.feature_table("patients")
+    sr2 = features[features["series"] == "SR_2"] if "series" in features else features
+    out = decisions.merge(sr2[["patient", "lung_volume_l", "opacity_pct"]], on="patient", how="left")
+    out.insert(2, "split", f"test (fold {fold})")
+    out["right"] = np.where(out["decision"] == out["label"], "right", "WRONG")
+    return out.rename(columns={"slices": "selected_slices", "covid_slices": "called_covid",
+                               "fraction": "fraction_covid", "decision": "verdict"})
+
+
+def gradcam_png(store: str, checkpoint: str | os.PathLike, evaluation: Path, *, per_group: int = 4) -> bytes | None:
+    """Grad-CAM overlays of right and wrong labelled test slices (None when there are no predictions)."""
+    import torch
+
+    from .learn.explain import grad_cam, save_overlays
+    from .learn.loader import SliceLoader
+    from .learn.model import load_checkpoint
+
+    predictions = pd.read_csv(evaluation / "predictions.csv")
+    labelled = predictions[predictions["labelled"]]
+    right = labelled[labelled["label"] == labelled["prediction"]]
+    wrong = labelled[labelled["label"] != labelled["prediction"]]
+    picks = pd.concat([right[right["label"] == "covid"].head(per_group // 2),
+                       right[right["label"] == "normal"].head(per_group // 2), wrong.head(per_group)])
+    if picks.empty:
+        return None
+    catalog = open_store(store).catalog
+    rows = picks.merge(catalog[["patient", "series", "instance", "z"]], on=["patient", "series", "instance"])
+    net, _ = load_checkpoint(checkpoint)
+    with SliceLoader(store, rows.assign(target=0), batch_size=len(rows), threads=1,
+                     lung_only=net.config["lung_only"]) as loader:
+        batch = next(iter(loader))
+        images, shown = torch.as_tensor(batch.images).clone(), batch.rows.reset_index(drop=True)
+    prepared, cams, probability = grad_cam(net, images)
+    key = ["patient", "series", "instance"]
+    shown = shown[key].merge(picks[[*key, "label", "prediction"]], on=key, how="left")
+    titles = [f"{r.patient}/{r.series} IM{int(r.instance):05d}: {r.label}, p(COVID) {p:.2f}"
+              f"{'' if r.label == r.prediction else ' WRONG'}" for r, p in zip(shown.itertuples(), probability)]
+    path = evaluation / "gradcam.png"
+    save_overlays(prepared, cams, titles, path)
+    return path.read_bytes()
+
+
+def write_report(out: str | os.PathLike, *, store: str, evaluation: str | os.PathLike, history: list[dict],
+                 metrics: dict[str, Any], throughput: dict[str, float], seconds: dict[str, float],
+                 config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | None = None) -> Path:
+    """Write ``out/index.html`` and ``out/metrics.json``; return the HTML path.
+
+    ``config`` (model, epochs, fold, seed, cohort, version) is shown as the run configuration;
+    ``checkpoint`` adds Grad-CAM overlays of right and wrong test slices.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     opened = open_store(store)
-    slices = opened.features.merge(opened.catalog[["patient", "label"]].drop_duplicates(), on="patient")
-    covid = opened.catalog[opened.catalog["label"] == "covid"]
-    patient = covid["patient"].iloc[0] if len(covid) else opened.catalog["patient"].iloc[0]
+    labels = opened.catalog[["patient", "label"]].drop_duplicates()
+    slices = opened.features.merge(labels, on="patient")
     evaluation = Path(evaluation)
+    fold = int(metrics.get("fold", (config or {}).get("fold", 1)))
+    patients = patients_table(opened, evaluation, fold)
     stages = pd.DataFrame({"stage": list(throughput), "slices/s": list(throughput.values()),
-                           "seconds": [seconds.get(k, np.nan) for k in throughput]})
-    sections = [
-        ("Lung masks", _img(montage_png(opened, patient, "SR_2"), "montage")),
-        ("CT selection", _img(selection_png(opened, patient, "SR_2"), "selection")),
+                           "seconds": [seconds.get(k, np.nan) for k in throughput],
+                           "includes": ["cluster start-up" if k in ("ingest", "features") else "" for k in throughput]})
+    examples = [labels.loc[labels["label"] == k, "patient"].iloc[0] for k in ("covid", "normal")
+                if (labels["label"] == k).any()]
+    sections = []
+    if config:
+        sections.append(("Run configuration", _table(pd.DataFrame({"setting": list(config),
+                                                                   "value": [str(v) for v in config.values()]}))))
+    sections += [
+        *((f"Lung masks of {p} ({labels.set_index('patient').loc[p, 'label']})",
+           _img(montage_png(opened, p, "SR_2", count=6), "montage")) for p in examples),
+        ("CT selection", _img(selection_png(opened, examples[0], "SR_2"), "selection")),
         ("HU features, COVID vs normal", _img(distributions_png(slices), "distributions")),
         ("Training", _img(training_png(history), "training curve")),
-        ("Evaluation (paper definitions)",
-         f"<pre>{html.escape(metrics_markdown(metrics, title='Test split'))}</pre>"
-         + _img((evaluation / "confusion.png").read_bytes(), "confusion matrix")
-         + _img((evaluation / "roc.png").read_bytes(), "ROC")),
-        ("Patients", _table(opened.feature_table("patients")[["patient", "label", "series", "n_slices",
-                                                               "lung_volume_l", "mean_hu", "opacity_pct"]])),
-        ("Throughput of every stage", _table(stages)),
+        ("Evaluation (paper definitions)", evaluation_section(metrics, patients, evaluation)),
+        ("Patients of the test split (the authors' rule: COVID when >= 10 % of the selected SR_2 slices are)",
+         _table(patients) + _caveat(len(patients), "patients")),
     ]
+    if checkpoint is not None:
+        cam = gradcam_png(store, checkpoint, evaluation)
+        if cam is not None:
+            sections.append(("Where the classifier looked (Grad-CAM of the COVID logit, right and wrong slices)",
+                             _img(cam, "Grad-CAM")))
+    sections.append(("Throughput of every stage", _table(stages)))
     body = "\n".join(f"<h2>{html.escape(title)}</h2>\n{content}" for title, content in sections)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ctengine demo report</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}}img{{max-width:100%;margin:.5em 0}}
 table.t{{border-collapse:collapse}}table.t td,table.t th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
-pre{{background:#f6f6f6;padding:1em}}</style></head><body>
+p.caveat{{color:#8a4b00;background:#fff4e0;padding:.4em .8em}}</style></head><body>
 <h1>ctengine demo report</h1><p>Store: <code>{html.escape(str(store))}</code></p>
 {body}</body></html>"""
     (out / "index.html").write_text(page)
-    summary = {"metrics": metrics, "throughput_slices_per_s": throughput, "seconds": seconds, "history": history}
+    summary = {"metrics": metrics, "throughput_slices_per_s": throughput, "seconds": seconds, "history": history,
+               "config": config or {}}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     return out / "index.html"

@@ -100,3 +100,23 @@ def test_predict_explain_writes_overlays_of_the_selected_slices(learned, tmp_pat
     selected = [r["file"] for r in out["rows"] if r["selected"]]
     assert out["explain"]["files"] and set(out["explain"]["files"]) <= set(selected)
     assert (tmp_path / "explain" / "gradcam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_shows_verdicts_caveats_configuration_and_class_activation(learned, tmp_path):
+    from ctengine.report import write_report
+
+    root, trained, metrics = learned
+    config = {"model": "small", "epochs": 25, "fold": 1, "seed": 0}
+    page = write_report(tmp_path / "report", store=str(root / "s.zarr"), evaluation=root / "evaluation",
+                        history=trained.history, metrics=metrics, throughput={"ingest": 1.0}, seconds={"ingest": 1.0},
+                        config=config, checkpoint=trained.checkpoint)
+    text = page.read_text()
+    for heading in ("Run configuration", "Lung masks of", "(covid)", "(normal)", "Patients of the test split",
+                    "Where the classifier looked", "Evaluation (paper definitions)"):
+        assert heading in text, heading
+    for column in ("verdict", "fraction_covid", "right", "lung_volume_l", "opacity_pct", "split"):
+        assert f"<th>{column}</th>" in text, column
+    assert "<pre>" not in text and 'class="caveat"' in text   # 8 test patients: the caveat is written
+    assert text.count("data:image/png;base64,") >= 7
+    assert (root / "evaluation" / "gradcam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["config"] == config
