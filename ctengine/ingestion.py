@@ -76,12 +76,11 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
     instances, images, checksums, quarantined = _read_series(task)
     result = {"patient": task.patient, "series": task.series, "instances": instances, "checksums": checksums,
               "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0}
-    group = task.store.begin_series(task.patient, task.series)
     if not len(images):
+        task.store.begin_series(task.patient, task.series)
         return {**result, "status": "empty"}
-    stored = task.store.write_stack(group, images)
     attrs = dict(task.attrs, instances=instances, checksums=checksums, quarantined=quarantined)
-    task.store.finish_series(group, attrs, task.plan)
+    stored = task.store.write_series(task.patient, task.series, images, attrs, task.plan)
     return {**result, "status": "written", "bytes_raw": images.nbytes, "bytes_stored": stored}
 
 
@@ -189,11 +188,13 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
     with store_lock(url):
         opened = open_store(url, mode="a", storage_options=storage_options)
         opened.initialise()
-        _write_patient_groups(opened, plan.catalog, plan.details)
         tasks = _series_tasks(opened, plan.files, plan.catalog, shape)
+        old = opened.read_table(names.CATALOG)
+        _write_patient_groups(opened, plan.catalog, plan.details)
         _count_unknown(tasks, report)
         results = _run(tasks, client, progress=progress, report=report)
         catalog = _keep_feature_columns(_apply_results(plan.catalog, results, report), opened, results)
+        catalog = _keep_failed_series(catalog, old, report)
         count_entries(plan.files, catalog, report)
         if len(catalog) or names.CATALOG not in opened.root:  # a run that stores nothing keeps the old catalog
             report.catalog_written = opened.write_table(names.CATALOG, catalog, if_changed=True)
@@ -205,6 +206,18 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
     if not report.slices:
         raise NothingToIngestError(nothing_stored(report), report)
     return report
+
+
+def _keep_failed_series(catalog: pd.DataFrame, old: pd.DataFrame | None, report: IngestReport) -> pd.DataFrame:
+    """Keep the old catalog rows of series that failed this run (their old data was not replaced)."""
+    failed = {label for label, _ in report.failed_series}
+    if old is None or not failed or set(catalog.columns) - set(old.columns):
+        return catalog
+    kept = old[[f"{p}/{s}" in failed for p, s in zip(old["patient"], old["series"])]]
+    if kept.empty:
+        return catalog
+    key = ["patient", "series", "instance"]
+    return pd.concat([catalog, kept[list(catalog.columns)]], ignore_index=True).sort_values(key, ignore_index=True)
 
 
 def _count_unknown(tasks: list["SeriesTask"], report: IngestReport) -> None:

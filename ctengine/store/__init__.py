@@ -10,6 +10,7 @@ and OME-Zarr readers. Modules:
 - :mod:`~ctengine.store.tables`: DataFrames stored as zarr arrays
 - :mod:`~ctengine.store.handle`: :class:`Store`, the handle everything reads and writes through
 - :mod:`~ctengine.store.chunks`: single chunks by byte range (the loader's reads)
+- :mod:`~ctengine.store.replace`: whole groups written beside the old ones and swapped in
 - :mod:`~ctengine.store.lock`, :mod:`~ctengine.store.verify`, :mod:`~ctengine.store.info`
 """
 from __future__ import annotations

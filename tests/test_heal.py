@@ -1,0 +1,122 @@
+"""Writes never destroy good data: a series or table is replaced only once the new one is whole."""
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+import ctengine
+from ctengine.store import names, open_store, replace, verify
+from conftest import SMALL, write_slice
+
+def ingest(sources, store, client):
+    return ctengine.ingest(sources, store, client=client, progress=False, shape=SMALL)
+
+
+def check(store, client):
+    return verify(store, client=client)
+
+
+@pytest.fixture()
+def in_process():
+    """A client whose worker is a thread of this process, so a monkeypatch reaches the writes."""
+    from distributed import Client
+
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        yield client
+
+
+def full_disk_after(monkeypatch, files: int, *, suffix: str = "") -> None:
+    """Let the local store write ``files`` files (ending in ``suffix``), then fail those writes with ENOSPC."""
+    written = []
+    original = replace.write_file
+
+    def write(path, data):
+        if path.endswith(suffix):
+            if len(written) >= files:
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            written.append(path)
+        original(path, data)
+
+    monkeypatch.setattr(replace, "write_file", write)
+
+
+def assert_bit_exact(store, images) -> None:
+    opened = open_store(store)
+    for (patient, series, instance), image in images.items():
+        assert np.array_equal(opened.read_raw(patient, series)[instance - 1], image), (patient, series, instance)
+
+
+# ---------------------------------------------------------------- (a) writes never destroy good data
+
+@pytest.mark.parametrize("files", [0, 1, 2])
+def test_a_full_disk_while_replacing_a_series_keeps_the_old_one(tmp_path, monkeypatch, files):
+    store = open_store(tmp_path / "s.zarr", mode="a")
+    store.initialise()
+    old = np.arange(3 * 8 * 8, dtype="<u2").reshape(3, 8, 8)
+    store.write_series("patient1", "SR_2", old, {"instances": [1, 2, 3]}, "old")
+    full_disk_after(monkeypatch, files)
+    with pytest.raises(OSError) as raised:
+        store.write_series("patient1", "SR_2", old[::-1] + 1, {"instances": [3, 2, 1]}, "new")
+    assert raised.value.errno == errno.ENOSPC
+    assert store.completed_series("patient1", "SR_2", "old")["instances"] == [1, 2, 3]
+    assert np.array_equal(zarr.open_group(tmp_path / "s.zarr", mode="r")["patient1/SR_2/0"][:], old)
+    assert not (tmp_path / f"s.zarr{names.PARTIAL_SUFFIX}").exists()
+
+
+def test_a_replaced_series_is_whole_and_has_nothing_of_the_old_one(tmp_path):
+    store = open_store(tmp_path / "s.zarr", mode="a")
+    store.initialise()
+    store.write_series("patient1", "SR_2", np.ones((4, 8, 8), "<u2"), {"instances": [1, 2, 3, 4]}, "old")
+    new = np.full((2, 8, 8), 7, "<u2")
+    store.write_series("patient1", "SR_2", new, {"instances": [1, 2]}, "new")
+    assert store.completed_series("patient1", "SR_2", "new")["instances"] == [1, 2]
+    assert np.array_equal(store.read_raw("patient1", "SR_2"), new)
+    assert store.series_group("patient1", "SR_2").attrs["ome"]["multiscales"][0]["name"] == "patient1/SR_2"
+
+
+def test_a_full_disk_while_replacing_a_table_keeps_the_old_one(tmp_path, monkeypatch):
+    store = open_store(tmp_path / "s.zarr", mode="a")
+    store.initialise()
+    old = pd.DataFrame({"patient": ["patient1", "patient2"], "z": [0, 1]})
+    store.write_table(names.CATALOG, old)
+    full_disk_after(monkeypatch, 2)
+    with pytest.raises(OSError):
+        store.write_table(names.CATALOG, pd.DataFrame({"patient": ["patient9"], "z": [5]}))
+    pd.testing.assert_frame_equal(open_store(tmp_path / "s.zarr").catalog, old, check_dtype=False)
+
+
+def test_a_remote_series_is_written_data_first_and_marker_last(tmp_path):
+    store = open_store(tmp_path / "s.zarr", mode="a")
+    stack = np.ones((2, 8, 8), "<u2")
+    objects = {names.shard_key(names.RAW): b"shard", **replace.group_objects(
+        "patient1/SR_2", lambda root: root.create_group("patient1/SR_2", attributes=names.complete("plan"))
+        .create_array(names.RAW, shape=stack.shape, dtype=stack.dtype))}
+    written = []
+
+    class Recorder:
+        def pipe_file(self, path, data):
+            written.append(path)
+
+    replace.replace_group(Recorder(), store.base, "patient1/SR_2", objects, local=False)
+    assert written[0].endswith("/0/c/0/0/0") and written[-1] == f"{store.base}/patient1/SR_2/zarr.json"
+
+
+def test_an_ingest_that_fails_on_a_full_disk_keeps_the_old_series_and_catalog(tree, tmp_path, in_process,
+                                                                               monkeypatch):
+    src, images = tree
+    store = tmp_path / "s.zarr"
+    ingest([src], store, in_process)
+    catalog = open_store(store).catalog
+    other = np.full(SMALL, 9, np.uint16)
+    write_slice(src / "COVID-CTset/137covid/patient1/SR_2/IM00005.tif", other)  # a new slice: rewrite the series
+    full_disk_after(monkeypatch, 0, suffix=names.shard_key(names.RAW))
+    report = ingest([src], store, in_process)
+    assert [series for series, _ in report.failed_series] == ["patient1/SR_2"]
+    assert "No space left" in report.failed_series[0][1]
+    assert_bit_exact(store, images)
+    pd.testing.assert_frame_equal(open_store(store).catalog, catalog)
+    assert check(store, in_process).ok
