@@ -1,4 +1,4 @@
-"""Writes never destroy good data: a series or table is replaced only once the new one is whole."""
+"""Writes never destroy good data, and verify finds every damage of a stored series."""
 from __future__ import annotations
 
 import errno
@@ -9,8 +9,10 @@ import pytest
 import zarr
 
 import ctengine
-from ctengine.store import names, open_store, replace, verify
+from ctengine.store import health, names, open_store, replace, verify
 from conftest import SMALL, write_slice
+
+DAMAGED = ("patient1", "SR_2")
 
 def ingest(sources, store, client):
     return ctengine.ingest(sources, store, client=client, progress=False, shape=SMALL)
@@ -64,6 +66,7 @@ def test_a_full_disk_while_replacing_a_series_keeps_the_old_one(tmp_path, monkey
     assert raised.value.errno == errno.ENOSPC
     assert store.completed_series("patient1", "SR_2", "old")["instances"] == [1, 2, 3]
     assert np.array_equal(zarr.open_group(tmp_path / "s.zarr", mode="r")["patient1/SR_2/0"][:], old)
+    assert not health.series_damage(store, "patient1", "SR_2", 3)
     assert not (tmp_path / f"s.zarr{names.PARTIAL_SUFFIX}").exists()
 
 
@@ -120,3 +123,66 @@ def test_an_ingest_that_fails_on_a_full_disk_keeps_the_old_series_and_catalog(tr
     assert_bit_exact(store, images)
     pd.testing.assert_frame_equal(open_store(store).catalog, catalog)
     assert check(store, in_process).ok
+
+
+# ---------------------------------------------------------------- (c) verify finds every damage
+
+def truncate_shard(store):
+    path = store / names.raw_shard_key(*DAMAGED)
+    path.write_bytes(path.read_bytes()[:-100])
+    return names.raw_shard_key(*DAMAGED)
+
+
+def flip_chunk_bytes(store):
+    path = store / names.raw_shard_key(*DAMAGED)
+    data = bytearray(path.read_bytes())
+    for position in range(40, 48):  # inside the first chunk's compressed pixels, past the blosc header
+        data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return f"{names.series_path(*DAMAGED)}"
+
+
+def rewrite_chunk_pixels(store):
+    """New pixels in one chunk through plain zarr: the shard stays well formed, the checksum does not match."""
+    zarr.open_array(store / names.series_path(*DAMAGED, names.RAW), mode="r+")[1] = np.full(SMALL, 3, np.uint16)
+    return f"{names.series_path(*DAMAGED)}/z1"
+
+
+def delete_array_metadata(store):
+    (store / names.series_path(*DAMAGED, names.RAW) / "zarr.json").unlink()
+    return f"{names.series_path(*DAMAGED, names.RAW)}/zarr.json"
+
+
+def delete_group_metadata(store):
+    (store / names.series_path(*DAMAGED) / "zarr.json").unlink()
+    return f"{names.series_path(*DAMAGED)}/zarr.json"
+
+
+DAMAGES = [truncate_shard, flip_chunk_bytes, rewrite_chunk_pixels, delete_array_metadata, delete_group_metadata]
+
+
+@pytest.fixture()
+def damaged_store(request, tree, tmp_path, client):
+    src, images = tree
+    store = tmp_path / "s.zarr"
+    ingest([src], store, client)
+    where = request.param(store)
+    return src, images, store, where
+
+
+@pytest.mark.parametrize("damaged_store", DAMAGES, indirect=True, ids=lambda f: f.__name__)
+def test_verify_reports_the_damage_with_its_path_and_records_the_series(damaged_store, client):
+    _, _, store, where = damaged_store
+    report = check(store, client)
+    assert not report.ok and report.mismatches
+    assert all(what.startswith(names.series_path(*DAMAGED)) for what, _ in report.mismatches), report.mismatches
+    assert any(what.startswith(where) for what, _ in report.mismatches), (where, report.mismatches)
+    assert list(health.damaged_series(open_store(store))) == ["patient1/SR_2"]
+
+
+def test_verify_reports_a_missing_patient_group(tree, tmp_path, client):
+    src, _ = tree
+    ingest([src], tmp_path / "s.zarr", client)
+    (tmp_path / "s.zarr/patient2/zarr.json").unlink()
+    report = check(tmp_path / "s.zarr", client)
+    assert ("patient2/zarr.json", "patient group metadata missing") in report.mismatches

@@ -54,6 +54,8 @@ FEATURE_TABLES = ("slices", "series", "patients")
 LOCK_SUFFIX = ".lock"
 #: suffix of the folder beside a local store where a group is written before it is swapped in
 PARTIAL_SUFFIX = ".partial"
+#: root attribute where ``verify`` records the damaged series ({"patient/series": reason}) for ingest to heal
+DAMAGED = "damaged"
 #: catalog columns written by the feature pipeline and their value for a slice without features
 FEATURE_COLUMNS: dict[str, Any] = {"selected": False, "selected_by_area": False, "dark_count": -1}
 #: attribute holding the completion marker
