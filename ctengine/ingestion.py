@@ -32,7 +32,7 @@ from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
 from .driver import map_series
 from .ingest_report import (SKIPPED_PREFIX, IngestReport, NothingToIngestError, count_entries, nothing_matched,
                             nothing_stored)
-from .store import Store, names, open_store, store_lock
+from .store import Store, health, names, open_store, store_lock
 from .tiffio import BadSliceError, decode_slice, slice_checksum
 
 __all__ = ["IngestPlan", "IngestReport", "NothingToIngestError", "SeriesTask", "ingest", "ingest_series",
@@ -56,6 +56,8 @@ class SeriesTask:
     copies: list[list[tuple[str, str, str]]]  # per instance: (archive, path, source name)
     attrs: dict[str, Any]
     shape: tuple[int, int] = SLICE_SHAPE
+    known: bool = False  # in the store's catalog already: checked for damage before it is skipped
+    heal: str | None = None  # why verify recorded it as damaged
 
     @property
     def plan(self) -> str:
@@ -64,18 +66,27 @@ class SeriesTask:
 
 
 def ingest_series(task: SeriesTask) -> dict[str, Any]:
-    """Store one series; return its instances, checksums, quarantine and byte counts."""
+    """Store one series; return its instances, checksums, quarantine and byte counts.
+
+    A stored series is checked first (:func:`ctengine.store.health.series_damage`);
+    a damaged one, or one ``verify`` recorded as damaged (``task.heal``), is
+    written again from the sources and its result says why (``healed``).
+    """
     done = task.store.completed_series(task.patient, task.series, task.plan)
-    if done is not None:
+    damage = task.heal
+    if damage is None and task.known:
+        found = health.series_damage(task.store, task.patient, task.series)
+        damage = f"{found[0][0]}: {found[0][1]}" if found else None
+    if done is not None and damage is None:
         if {k: done.get(k) for k in task.attrs} != json.loads(json.dumps(task.attrs)):  # new metadata only
             kept = {k: done[k] for k in ("instances", "checksums", "quarantined")}
             task.store.finish_series(task.store.series_group(task.patient, task.series), {**task.attrs, **kept},
                                      task.plan)
         return {"patient": task.patient, "series": task.series, "status": "skipped", "bytes_raw": 0,
-                "bytes_stored": 0, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
+                "bytes_stored": 0, "healed": None, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
     instances, images, checksums, quarantined = _read_series(task)
     result = {"patient": task.patient, "series": task.series, "instances": instances, "checksums": checksums,
-              "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0}
+              "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0, "healed": damage}
     if not len(images):
         task.store.begin_series(task.patient, task.series)
         return {**result, "status": "empty"}
@@ -190,6 +201,7 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
         opened.initialise()
         tasks = _series_tasks(opened, plan.files, plan.catalog, shape)
         old = opened.read_table(names.CATALOG)
+        damaged = _mark_damaged(opened, tasks, old)
         _write_patient_groups(opened, plan.catalog, plan.details)
         _count_unknown(tasks, report)
         results = _run(tasks, client, progress=progress, report=report)
@@ -201,11 +213,41 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
         rows = report.quarantined + [(where, SKIPPED_PREFIX + why) for where, why in report.skipped]
         opened.write_table(names.QUARANTINE, pd.DataFrame(rows, columns=list(names.QUARANTINE_COLUMNS)),
                            if_changed=True)
+        if damaged:  # the damaged series this run rewrote are whole again
+            health.record_damaged(opened, {k: v for k, v in damaged.items()
+                                           if k not in {series for series, _ in report.healed}})
     report.slices = len(catalog)
     report.seconds = time.perf_counter() - started
     if not report.slices:
         raise NothingToIngestError(nothing_stored(report), report)
     return report
+
+
+def _mark_damaged(opened: Store, tasks: list["SeriesTask"], old: pd.DataFrame | None) -> dict[str, str]:
+    """Flag the tasks of stored series (checked for damage) and of series verify found damaged.
+
+    Return the damaged list verify recorded. Raise
+    :class:`~ctengine.store.health.DamagedSeriesError` naming the damaged
+    stored series the sources do not hold, before anything is written.
+    """
+    damaged = health.damaged_series(opened)
+    known = set() if old is None else set(zip(old["patient"], old["series"]))
+    planned = {(t.patient, t.series) for t in tasks}
+    for task in tasks:
+        task.known = (task.patient, task.series) in known
+        task.heal = damaged.get(f"{task.patient}/{task.series}")
+    absent = {}
+    for patient, series in sorted(known - planned):
+        found = health.series_damage(opened, patient, series)
+        reason = damaged.get(f"{patient}/{series}") or (f"{found[0][0]}: {found[0][1]}" if found else None)
+        if reason:
+            absent[f"{patient}/{series}"] = reason
+    absent.update({key: why for key, why in damaged.items() if tuple(key.split("/", 1)) not in planned | known})
+    if absent:
+        listed = "; ".join(f"{key} ({why})" for key, why in sorted(absent.items()))
+        raise health.DamagedSeriesError(f"store {opened.url} has {len(absent)} damaged series that the sources do "
+                                        f"not hold, give their sources to rewrite them: {listed}")
+    return damaged
 
 
 def _keep_failed_series(catalog: pd.DataFrame, old: pd.DataFrame | None, report: IngestReport) -> pd.DataFrame:
@@ -281,6 +323,8 @@ def _apply_results(catalog: pd.DataFrame, results: list[dict[str, Any]], report:
         report.bytes_stored += result["bytes_stored"]
         if result["status"] == "written":
             report.series_written += 1
+            if result.get("healed"):
+                report.healed.append((f"{result['patient']}/{result['series']}", result["healed"]))
             report.slices_written += len(result["instances"])
         elif result["status"] == "skipped":
             report.series_skipped += 1

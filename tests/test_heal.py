@@ -1,7 +1,8 @@
-"""Writes never destroy good data, and verify finds every damage of a stored series."""
+"""Writes never destroy good data, verify finds every damage, ingest heals it."""
 from __future__ import annotations
 
 import errno
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -9,10 +10,11 @@ import pytest
 import zarr
 
 import ctengine
-from ctengine.store import health, names, open_store, replace, verify
+from ctengine.store import DamagedSeriesError, health, names, open_store, replace, verify
 from conftest import SMALL, write_slice
 
 DAMAGED = ("patient1", "SR_2")
+
 
 def ingest(sources, store, client):
     return ctengine.ingest(sources, store, client=client, progress=False, shape=SMALL)
@@ -125,7 +127,7 @@ def test_an_ingest_that_fails_on_a_full_disk_keeps_the_old_series_and_catalog(tr
     assert check(store, in_process).ok
 
 
-# ---------------------------------------------------------------- (c) verify finds every damage
+# ---------------------------------------------------------------- (b), (c) verify finds damage, ingest heals it
 
 def truncate_shard(store):
     path = store / names.raw_shard_key(*DAMAGED)
@@ -159,6 +161,8 @@ def delete_group_metadata(store):
 
 
 DAMAGES = [truncate_shard, flip_chunk_bytes, rewrite_chunk_pixels, delete_array_metadata, delete_group_metadata]
+#: damage the structural check finds without verify
+STRUCTURAL = [truncate_shard, delete_array_metadata, delete_group_metadata]
 
 
 @pytest.fixture()
@@ -171,13 +175,44 @@ def damaged_store(request, tree, tmp_path, client):
 
 
 @pytest.mark.parametrize("damaged_store", DAMAGES, indirect=True, ids=lambda f: f.__name__)
-def test_verify_reports_the_damage_with_its_path_and_records_the_series(damaged_store, client):
-    _, _, store, where = damaged_store
+def test_verify_reports_the_damage_with_its_path_and_ingest_heals_exactly_that_series(damaged_store, client):
+    src, images, store, where = damaged_store
     report = check(store, client)
     assert not report.ok and report.mismatches
     assert all(what.startswith(names.series_path(*DAMAGED)) for what, _ in report.mismatches), report.mismatches
     assert any(what.startswith(where) for what, _ in report.mismatches), (where, report.mismatches)
     assert list(health.damaged_series(open_store(store))) == ["patient1/SR_2"]
+
+    healed = ingest([src], store, client)
+    assert [series for series, _ in healed.healed] == ["patient1/SR_2"] and not healed.nothing_written
+    assert (healed.series_written, healed.series_skipped) == (1, 3)
+    assert check(store, client).ok
+    assert health.damaged_series(open_store(store)) == {}
+    assert_bit_exact(store, images)
+    assert ingest([src], store, client).nothing_written
+
+
+@pytest.mark.parametrize("damaged_store", STRUCTURAL, indirect=True, ids=lambda f: f.__name__)
+def test_ingest_finds_structural_damage_without_verify(damaged_store, client):
+    src, images, store, where = damaged_store
+    healed = ingest([src], store, client)
+    assert len(healed.healed) == 1 and healed.healed[0][0] == "patient1/SR_2"
+    assert healed.healed[0][1].startswith(where.removesuffix("/zarr.json")), healed.healed
+    assert healed.series_written == 1 and check(store, client).ok
+    assert_bit_exact(store, images)
+
+
+@pytest.mark.parametrize("damaged_store", DAMAGES, indirect=True, ids=lambda f: f.__name__)
+def test_ingest_without_the_damaged_series_sources_refuses_naming_it(damaged_store, client, tmp_path):
+    src, _, store, _ = damaged_store
+    check(store, client)
+    partial = tmp_path / "partial"
+    shutil.copytree(src, partial)
+    shutil.rmtree(partial / "COVID-CTset/137covid/patient1/SR_2")
+    before = {path: path.read_bytes() for path in store.rglob("*") if path.is_file()}
+    with pytest.raises(DamagedSeriesError, match="patient1/SR_2"):
+        ingest([partial], store, client)
+    assert {path: path.read_bytes() for path in store.rglob("*") if path.is_file()} == before
 
 
 def test_verify_reports_a_missing_patient_group(tree, tmp_path, client):
@@ -186,3 +221,11 @@ def test_verify_reports_a_missing_patient_group(tree, tmp_path, client):
     (tmp_path / "s.zarr/patient2/zarr.json").unlink()
     report = check(tmp_path / "s.zarr", client)
     assert ("patient2/zarr.json", "patient group metadata missing") in report.mismatches
+
+
+def test_the_command_names_the_healed_series(capsys):
+    from ctengine.cli import _print_ingest
+    from ctengine.ingest_report import IngestReport
+
+    _print_ingest(IngestReport(store="s.zarr", series_written=1, healed=[("patient1/SR_2", "shard missing")]))
+    assert "healed: patient1/SR_2: shard missing" in capsys.readouterr().out
