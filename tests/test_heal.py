@@ -1,4 +1,4 @@
-"""Writes never destroy good data, verify finds every damage, ingest heals it."""
+"""Writes never destroy good data, verify finds every damage, ingest heals it, features refuse rotten pixels."""
 from __future__ import annotations
 
 import errno
@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 import ctengine
-from ctengine.store import DamagedSeriesError, health, names, open_store, replace, verify
+from ctengine.store import DamagedSeriesError, Store, health, names, open_store, replace, verify
 from conftest import SMALL, write_slice
 
 DAMAGED = ("patient1", "SR_2")
@@ -229,3 +229,23 @@ def test_the_command_names_the_healed_series(capsys):
 
     _print_ingest(IngestReport(store="s.zarr", series_written=1, healed=[("patient1/SR_2", "shard missing")]))
     assert "healed: patient1/SR_2: shard missing" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- (d) features refuse rotten pixels
+
+def test_features_fail_a_series_whose_pixels_do_not_match_the_catalog(tmp_path, client):
+    from ctengine.features import compute_features
+    from ctengine.synth import write_cohort
+
+    write_cohort(tmp_path / "src", patients=1, slices_per_series=4, seed=4, progress=False, workers=1)
+    store = tmp_path / "s.zarr"
+    ctengine.ingest([tmp_path / "src"], store, client=client, progress=False)
+    raw = zarr.open_array(store / names.series_path(*DAMAGED, names.RAW), mode="r+")
+    raw[2] = raw[2] ^ np.uint16(1)  # well-formed chunk, pixels not those the catalog names
+    report = compute_features(store, client=client, progress=False)
+    assert [series for series, _ in report.failed_series] == ["patient1/SR_2"]
+    assert "do not match the catalog checksum" in report.failed_series[0][1]
+    slices = Store(store).features
+    assert not ((slices["patient"] == "patient1") & (slices["series"] == "SR_2")).any()
+    assert len(slices) == len(Store(store).catalog) - 4
+    assert not Store(store).has_lung_mask(*DAMAGED)
