@@ -24,5 +24,5 @@ from .lock import StoreBusyError, store_lock
 from .names import features_path, resolve
 from .verify import VerifyReport, verify
 
-__all__ = ["ChunkReader", "DamagedSeriesError", "Store", "StoreBusyError", "VerifyReport", "features_path", "filesystem", "open_root",
-           "open_store", "resolve", "store_info", "store_lock", "verify"]
+__all__ = ["ChunkReader", "DamagedSeriesError", "Store", "StoreBusyError", "VerifyReport", "features_path",
+           "filesystem", "open_root", "open_store", "resolve", "store_info", "store_lock", "verify"]

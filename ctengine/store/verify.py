@@ -1,4 +1,8 @@
-"""Verify a store: re-read every slice with plain zarr and compare checksums.
+"""Verify a store: check every series' metadata and shard, re-read every slice with plain zarr, compare checksums.
+
+Each missing or unreadable group, array, shard or chunk is reported with
+its path, and the damaged series are recorded in the store (root attribute
+:data:`~ctengine.store.names.DAMAGED`) for the next ``ingest`` to rewrite.
 
 With sources, every source file is decoded again and compared too, so a
 store can be proven bit-exact against the archives it came from.
