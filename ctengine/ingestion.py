@@ -80,8 +80,7 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
     if done is not None and damage is None:
         if {k: done.get(k) for k in task.attrs} != json.loads(json.dumps(task.attrs)):  # new metadata only
             kept = {k: done[k] for k in ("instances", "checksums", "quarantined")}
-            task.store.finish_series(task.store.series_group(task.patient, task.series), {**task.attrs, **kept},
-                                     task.plan)
+            task.store.update_series(task.patient, task.series, {**task.attrs, **kept}, task.plan)
         return {"patient": task.patient, "series": task.series, "status": "skipped", "bytes_raw": 0,
                 "bytes_stored": 0, "healed": None, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
     instances, images, checksums, quarantined = _read_series(task)

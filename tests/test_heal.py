@@ -249,3 +249,23 @@ def test_features_fail_a_series_whose_pixels_do_not_match_the_catalog(tmp_path, 
     assert not ((slices["patient"] == "patient1") & (slices["series"] == "SR_2")).any()
     assert len(slices) == len(Store(store).catalog) - 4
     assert not Store(store).has_lung_mask(*DAMAGED)
+
+
+def test_new_attributes_of_a_series_are_one_write_that_a_full_disk_does_not_truncate(tmp_path, monkeypatch):
+    store = open_store(tmp_path / "s.zarr", mode="a")
+    store.initialise()
+    stack = np.ones((2, 8, 8), "<u2")
+    store.write_series("patient1", "SR_2", stack, {"instances": [1, 2], "kernel": None}, "plan")
+    before = (tmp_path / "s.zarr/patient1/SR_2/zarr.json").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Store, "put", full)
+        with pytest.raises(OSError):
+            store.update_series("patient1", "SR_2", {"instances": [1, 2], "kernel": "B30f"}, "plan")
+    assert (tmp_path / "s.zarr/patient1/SR_2/zarr.json").read_bytes() == before
+    store.update_series("patient1", "SR_2", {"instances": [1, 2], "kernel": "B30f"}, "plan")
+    assert store.completed_series("patient1", "SR_2", "plan")["kernel"] == "B30f"
+    assert np.array_equal(store.read_raw("patient1", "SR_2"), stack)

@@ -269,6 +269,18 @@ class Store:
         ome = schema.ome_multiscales(group.path, scale=schema.attrs_scale(attrs))
         group.attrs.update({**attrs, "ome": ome, **names.complete(plan)})
 
+    def update_series(self, patient: str, series: str, attrs: dict[str, Any], plan: str) -> None:
+        """Set new attributes of a stored series in one write of its ``zarr.json`` (the pixels stay).
+
+        The document is rendered in memory and written with :meth:`put`
+        (temporary file and rename on a local disk), so a failed write keeps the old one.
+        """
+        path = names.series_path(patient, series)
+        old = dict(self.series_group(patient, series).attrs)
+        objects = replace.group_objects(
+            path, lambda root: self.finish_series(root.create_group(path, attributes=old), attrs, plan))
+        self.put(f"{path}/zarr.json", objects["zarr.json"])
+
     def write_series(self, patient: str, series: str, stack: np.ndarray, attrs: dict[str, Any], plan: str) -> int:
         """Write a whole series (shard, array and group metadata, marked complete) in place of the old one.
 
