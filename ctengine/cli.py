@@ -158,6 +158,8 @@ def _print_ingest(report) -> None:
                    f"({report.series_skipped} already complete) in {report.seconds:.1f} s: "
                    f"{report.slices_per_second:.0f} slices/s, {report.bytes_raw / 1e6:.0f} MB raw -> "
                    f"{report.bytes_stored / 1e6:.0f} MB stored (ratio {report.ratio:.2f})")
+    for series, reason in report.healed:
+        click.echo(f"healed: {series}: {reason}")
     for location, reason in report.quarantined:
         click.echo(f"quarantined: {location}: {reason}", err=True)
     for location, reason in report.skipped:

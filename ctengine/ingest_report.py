@@ -54,6 +54,9 @@ class IngestReport(RunReport):
         thickness (their attributes say ``"unknown"``).
     catalog_written : bool
         Whether the catalog changed.
+    healed : list of (str, str)
+        Stored series found damaged and written again from the sources:
+        ("patient/series", what was wrong).
     """
 
     slices: int = 0
@@ -71,6 +74,7 @@ class IngestReport(RunReport):
     series_spacing_unknown: int = 0
     series_thickness_unknown: int = 0
     catalog_written: bool = False
+    healed: list[tuple[str, str]] = field(default_factory=list)
     derived: ClassVar[tuple[str, ...]] = ("ratio", "slices_per_second")
 
     @property
@@ -86,7 +90,7 @@ class IngestReport(RunReport):
     @property
     def nothing_written(self) -> bool:
         """True when the store was already complete."""
-        return self.series_written == 0 and not self.catalog_written
+        return self.series_written == 0 and not self.catalog_written and not self.healed
 
 
 def _first(listed: list[tuple[str, str]]) -> str:

@@ -32,7 +32,7 @@ from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
 from .driver import map_series
 from .ingest_report import (SKIPPED_PREFIX, IngestReport, NothingToIngestError, count_entries, nothing_matched,
                             nothing_stored)
-from .store import Store, names, open_store, store_lock
+from .store import Store, health, names, open_store, store_lock
 from .tiffio import BadSliceError, decode_slice, slice_checksum
 
 __all__ = ["IngestPlan", "IngestReport", "NothingToIngestError", "SeriesTask", "ingest", "ingest_series",
@@ -56,6 +56,8 @@ class SeriesTask:
     copies: list[list[tuple[str, str, str]]]  # per instance: (archive, path, source name)
     attrs: dict[str, Any]
     shape: tuple[int, int] = SLICE_SHAPE
+    known: bool = False  # in the store's catalog already: checked for damage before it is skipped
+    heal: str | None = None  # why verify recorded it as damaged
 
     @property
     def plan(self) -> str:
@@ -64,28 +66,35 @@ class SeriesTask:
 
 
 def ingest_series(task: SeriesTask) -> dict[str, Any]:
-    """Store one series; return its instances, checksums, quarantine and byte counts."""
+    """Store one series; return its instances, checksums, quarantine and byte counts.
+
+    A stored series is checked first (:func:`ctengine.store.health.series_damage`);
+    a damaged one, or one ``verify`` recorded as damaged (``task.heal``), is
+    written again from the sources and its result says why (``healed``).
+    """
     done = task.store.completed_series(task.patient, task.series, task.plan)
-    if done is not None:
+    damage = getattr(task, "heal", None)
+    if damage is None and getattr(task, "known", False):
+        found = health.series_damage(task.store, task.patient, task.series)
+        damage = f"{found[0][0]}: {found[0][1]}" if found else None
+    if done is not None and damage is None:
         # attributes set when the pixels are read (a DICOM series' stored-value rescale) stay as stored
         kept = {k: done[k] for k in ("instances", "checksums", "quarantined", *getattr(task, "read_fields", ()))
                 if k in done}
         given = {k: v for k, v in task.attrs.items() if k not in kept}
         if {k: done.get(k) for k in given} != json.loads(json.dumps(given)):  # new metadata only
-            task.store.finish_series(task.store.series_group(task.patient, task.series), {**given, **kept},
-                                     task.plan)
+            task.store.update_series(task.patient, task.series, {**given, **kept}, task.plan)
         return {"patient": task.patient, "series": task.series, "status": "skipped", "bytes_raw": 0,
-                "bytes_stored": 0, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
+                "bytes_stored": 0, "healed": None, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
     # DICOM and volume series (ctengine.sources) read themselves
     instances, images, checksums, quarantined = task.read() if hasattr(task, "read") else _read_series(task)
     result = {"patient": task.patient, "series": task.series, "instances": instances, "checksums": checksums,
-              "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0}
-    group = task.store.begin_series(task.patient, task.series)
+              "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0, "healed": damage}
     if not len(images):
+        task.store.begin_series(task.patient, task.series)
         return {**result, "status": "empty"}
-    stored = task.store.write_stack(group, images)
     attrs = dict(task.attrs, instances=instances, checksums=checksums, quarantined=quarantined)
-    task.store.finish_series(group, attrs, task.plan)
+    stored = task.store.write_series(task.patient, task.series, images, attrs, task.plan)
     return {**result, "status": "written", "bytes_raw": images.nbytes, "bytes_stored": stored}
 
 
@@ -199,12 +208,15 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
         opened = open_store(url, mode="a", storage_options=storage_options)
         opened.initialise()
         tasks = _series_tasks(opened, plan.files, plan.catalog, shape) + planned.tasks(opened)
+        old = opened.read_table(names.CATALOG)
+        damaged = _mark_damaged(opened, tasks, old)
         catalog = other_sources.merge_catalog(plan.catalog, planned)
         _write_patient_groups(opened, catalog, plan.details)
         _count_unknown(tasks, report)
         results = _run(tasks, client, progress=progress, report=report)
         catalog = _keep_feature_columns(_apply_results(catalog, results, report), opened, results)
         catalog = other_sources.finish_catalog(catalog, opened, planned)
+        catalog = _keep_failed_series(catalog, old, report)
         count_entries(plan.files, catalog, report)
         report.entries_stored += other_sources.entries_stored(catalog, planned, report.failed_series)
         if len(catalog) or names.CATALOG not in opened.root:  # a run that stores nothing keeps the old catalog
@@ -212,11 +224,53 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
         rows = report.quarantined + [(where, SKIPPED_PREFIX + why) for where, why in report.skipped]
         opened.write_table(names.QUARANTINE, pd.DataFrame(rows, columns=list(names.QUARANTINE_COLUMNS)),
                            if_changed=True)
+        if damaged:  # the damaged series this run rewrote are whole again
+            health.record_damaged(opened, {k: v for k, v in damaged.items()
+                                           if k not in {series for series, _ in report.healed}})
     report.slices = len(catalog)
     report.seconds = time.perf_counter() - started
     if not report.slices:
         raise NothingToIngestError(nothing_stored(report), report)
     return report
+
+
+def _mark_damaged(opened: Store, tasks: list["SeriesTask"], old: pd.DataFrame | None) -> dict[str, str]:
+    """Flag the tasks of stored series (checked for damage) and of series verify found damaged.
+
+    Return the damaged list verify recorded. Raise
+    :class:`~ctengine.store.health.DamagedSeriesError` naming the damaged
+    stored series the sources do not hold, before anything is written.
+    """
+    damaged = health.damaged_series(opened)
+    known = set() if old is None else set(zip(old["patient"], old["series"]))
+    planned = {(t.patient, t.series) for t in tasks}
+    for task in tasks:
+        task.known = (task.patient, task.series) in known
+        task.heal = damaged.get(f"{task.patient}/{task.series}")
+    absent = {}
+    for patient, series in sorted(known - planned):
+        found = health.series_damage(opened, patient, series)
+        reason = damaged.get(f"{patient}/{series}") or (f"{found[0][0]}: {found[0][1]}" if found else None)
+        if reason:
+            absent[f"{patient}/{series}"] = reason
+    absent.update({key: why for key, why in damaged.items() if tuple(key.split("/", 1)) not in planned | known})
+    if absent:
+        listed = "; ".join(f"{key} ({why})" for key, why in sorted(absent.items()))
+        raise health.DamagedSeriesError(f"store {opened.url} has {len(absent)} damaged series that the sources do "
+                                        f"not hold, give their sources to rewrite them: {listed}")
+    return damaged
+
+
+def _keep_failed_series(catalog: pd.DataFrame, old: pd.DataFrame | None, report: IngestReport) -> pd.DataFrame:
+    """Keep the old catalog rows of series that failed this run (their old data was not replaced)."""
+    failed = {label for label, _ in report.failed_series}
+    if old is None or not failed or set(catalog.columns) - set(old.columns):
+        return catalog
+    kept = old[[f"{p}/{s}" in failed for p, s in zip(old["patient"], old["series"])]]
+    if kept.empty:
+        return catalog
+    key = ["patient", "series", "instance"]
+    return pd.concat([catalog, kept[list(catalog.columns)]], ignore_index=True).sort_values(key, ignore_index=True)
 
 
 def _count_unknown(tasks: list["SeriesTask"], report: IngestReport) -> None:
@@ -280,6 +334,8 @@ def _apply_results(catalog: pd.DataFrame, results: list[dict[str, Any]], report:
         report.bytes_stored += result["bytes_stored"]
         if result["status"] == "written":
             report.series_written += 1
+            if result.get("healed"):
+                report.healed.append((f"{result['patient']}/{result['series']}", result["healed"]))
             report.slices_written += len(result["instances"])
         elif result["status"] == "skipped":
             report.series_skipped += 1

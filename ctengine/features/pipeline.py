@@ -26,6 +26,7 @@ import pandas as pd
 from ..constants import DEVICES
 from ..driver import RunReport, map_series
 from ..store import Store, names, open_store
+from ..tiffio import slice_checksum
 from .aggregate import stats_to_frame
 from .dictionary import LEGACY_COLUMNS, TABLE_COLUMNS, arrow_table
 
@@ -84,8 +85,15 @@ def _to_host(value: Any) -> Any:
     return value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else np.asarray(value)
 
 
-def compute_series(store: Store, patient: str, series: str, device: str = "cpu") -> dict[str, Any]:
-    """Compute and store the features of one series; skip if already complete for this raw data."""
+def compute_series(store: Store, patient: str, series: str, device: str = "cpu",
+                   checksums: list[str] | None = None) -> dict[str, Any]:
+    """Compute and store the features of one series; skip if already complete for this raw data.
+
+    Before computing, every slice read is compared with its checksum
+    (``checksums``, the catalog's in z order; default the series' own);
+    a mismatch raises ValueError, so the series fails and no features are
+    written from damaged pixels.
+    """
     import numba
 
     numba.set_num_threads(1)  # one task per core: the cluster runs series in parallel, not threads in a kernel
@@ -99,6 +107,7 @@ def compute_series(store: Store, patient: str, series: str, device: str = "cpu")
         done = done.rename(columns=LEGACY_COLUMNS)
         return {"patient": patient, "series": series, "status": "skipped", "table": done, "spacing_known": known}
     raw = store.read_raw(patient, series)
+    _check_pixels(raw, attrs["checksums"] if checksums is None else checksums, f"{patient}/{series}")
     if device == "gpu":
         import cupy
 
@@ -109,6 +118,16 @@ def compute_series(store: Store, patient: str, series: str, device: str = "cpu")
     table.insert(0, "instance", np.asarray(attrs["instances"], dtype=np.int64))
     store.write_lung(patient, series, mask, table, plan)
     return {"patient": patient, "series": series, "status": "computed", "table": table, "spacing_known": known}
+
+
+def _check_pixels(raw: np.ndarray, checksums: list[str], label: str) -> None:
+    """Raise ValueError naming the slices of ``raw`` whose SHA-256 is not the catalog's."""
+    if len(raw) != len(checksums):
+        raise ValueError(f"{label}: {len(raw)} slices stored, catalog lists {len(checksums)}")
+    bad = [z for z, (image, checksum) in enumerate(zip(raw, checksums)) if slice_checksum(image) != checksum]
+    if bad:
+        raise ValueError(f"{label}: stored pixels of slice(s) z={', '.join(map(str, bad))} do not match the "
+                         f"catalog checksum (run `ctengine verify`, then `ctengine ingest` to rewrite the series)")
 
 
 def feature_device(device: str) -> str:
@@ -152,7 +171,8 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
     catalog = opened.catalog
     sizes = catalog.groupby(["patient", "series"]).size()
     report = FeatureReport(store=opened.url, slices=len(catalog))
-    outcome = map_series(compute_series, [(opened, p, s, device) for p, s in sizes.index],
+    checksums = catalog.sort_values("z").groupby(["patient", "series"])["checksum"].agg(list)
+    outcome = map_series(compute_series, [(opened, p, s, device, checksums[(p, s)]) for p, s in sizes.index],
                          labels=[f"{p}/{s}" for p, s in sizes.index], name="features", client=client,
                          weights=[int(n) for n in sizes], unit="slice", progress=progress)
     report.failed_series.extend(outcome.failures)

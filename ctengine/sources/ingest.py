@@ -96,6 +96,9 @@ class SourceSeriesTask:
 
     #: attributes :meth:`read` sets from the pixels: a metadata update keeps the stored ones
     read_fields = ("slope", "intercept", "source")
+    #: set by ingest: in the store's catalog already (checked for damage), and why verify found it damaged
+    known = False
+    heal = None
 
     @property
     def plan(self) -> str:

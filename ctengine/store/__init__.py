@@ -10,16 +10,19 @@ and OME-Zarr readers. Modules:
 - :mod:`~ctengine.store.tables`: DataFrames stored as zarr arrays
 - :mod:`~ctengine.store.handle`: :class:`Store`, the handle everything reads and writes through
 - :mod:`~ctengine.store.chunks`: single chunks by byte range (the loader's reads)
+- :mod:`~ctengine.store.replace`: whole groups written beside the old ones and swapped in
+- :mod:`~ctengine.store.health`: cheap structural checks of series, the damaged list verify records
 - :mod:`~ctengine.store.lock`, :mod:`~ctengine.store.verify`, :mod:`~ctengine.store.info`
 """
 from __future__ import annotations
 
 from .chunks import ChunkReader
 from .handle import NotAStoreError, Store, filesystem, open_root, open_store
+from .health import DamagedSeriesError
 from .info import store_info
 from .lock import StoreBusyError, store_lock
 from .names import features_path, resolve
 from .verify import VerifyReport, verify
 
-__all__ = ["ChunkReader", "NotAStoreError", "Store", "StoreBusyError", "VerifyReport", "features_path", "filesystem", "open_root",
-           "open_store", "resolve", "store_info", "store_lock", "verify"]
+__all__ = ["ChunkReader", "DamagedSeriesError", "NotAStoreError", "Store", "StoreBusyError", "VerifyReport",
+           "features_path", "filesystem", "open_root", "open_store", "resolve", "store_info", "store_lock", "verify"]

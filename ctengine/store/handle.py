@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from . import names, schema, shard, tables
+from . import names, replace, schema, shard, tables
 from .names import LABELS, LUNG, LUNG_ARRAY, LUNG_FEATURES, RAW
 
 
@@ -187,11 +187,16 @@ class Store:
         return tables.read_table(self.root, name) if name in self.root else None
 
     def write_table(self, name: str, table: pd.DataFrame, *, if_changed: bool = False) -> bool:
-        """Write a table of the root; with ``if_changed``, only when it differs. Return whether it wrote."""
+        """Write a table of the root; with ``if_changed``, only when it differs. Return whether it wrote.
+
+        The table is written whole beside the old one and swapped in (see
+        :mod:`ctengine.store.replace`), so a failed write keeps the old table.
+        """
         self._catalog = None
-        if if_changed:
-            return tables.write_table_if_changed(self.root, name, table)
-        tables.write_table(self.root, name, table)
+        if if_changed and name in self.root and tables.same_table(self.root, name, table):
+            return False
+        objects = replace.group_objects(name, lambda root: tables.write_table(root, name, table.reset_index(drop=True)))
+        replace.replace_group(self.fs, self.base, name, objects, local=self.local)
         return True
 
     @property
@@ -330,13 +335,44 @@ class Store:
         return attrs if names.is_complete(attrs, plan) else None
 
     def begin_series(self, patient: str, series: str) -> zarr.Group:
-        """(Re)create the group of a series, marked incomplete."""
+        """(Re)create the group of a series, marked incomplete (an empty series; see :meth:`write_series`)."""
         return self.root.require_group(patient).create_group(series, overwrite=True, attributes=names.incomplete())
 
     def finish_series(self, group: zarr.Group, attrs: dict[str, Any], plan: str) -> None:
         """Set a series' attributes and OME-Zarr metadata, and mark it complete for ``plan``."""
         ome = schema.ome_multiscales(group.path, scale=schema.attrs_scale(attrs))
         group.attrs.update({**attrs, "ome": ome, **names.complete(plan)})
+
+    def update_series(self, patient: str, series: str, attrs: dict[str, Any], plan: str) -> None:
+        """Set new attributes of a stored series in one write of its ``zarr.json`` (the pixels stay).
+
+        The document is rendered in memory and written with :meth:`put`
+        (temporary file and rename on a local disk), so a failed write keeps the old one.
+        """
+        path = names.series_path(patient, series)
+        old = dict(self.series_group(patient, series).attrs)
+        objects = replace.group_objects(
+            path, lambda root: self.finish_series(root.create_group(path, attributes=old), attrs, plan))
+        self.put(f"{path}/zarr.json", objects["zarr.json"])
+
+    def write_series(self, patient: str, series: str, stack: np.ndarray, attrs: dict[str, Any], plan: str) -> int:
+        """Write a whole series (shard, array and group metadata, marked complete) in place of the old one.
+
+        The old series stays readable until the new one is whole (see
+        :mod:`ctengine.store.replace`); return the shard's bytes.
+        """
+        path = names.series_path(patient, series)
+        data = shard.encode_shard([shard.encode_chunk(image) for image in stack])
+
+        def build(root: zarr.Group) -> None:
+            group = root.create_group(path, attributes=names.incomplete())
+            schema.create_stack_array(group, stack.shape[0], stack.shape[1:], dtype=stack.dtype)
+            self.finish_series(group, attrs, plan)
+
+        objects = {names.shard_key(RAW): data, **replace.group_objects(path, build)}
+        self.root.require_group(patient)
+        replace.replace_group(self.fs, self.base, path, objects, local=self.local)
+        return len(data)
 
     # ------------------------------------------------------------ lung labels (features)
 

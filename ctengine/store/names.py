@@ -14,6 +14,7 @@
     STORE/<patient>/<series>/labels/lung/features   per-slice features (z, feature)
     STORE.features/{slices,series,patients}.parquet  feature tables beside the store
     STORE.lock                               lock file of a local ingest
+    STORE.partial/                           groups being written on a local disk, swapped in once whole
 
 A series group and its lung-label group are complete when their attribute
 ``ctengine`` is ``{"complete": true, "plan": <sha256>}``; the plan names
@@ -51,6 +52,10 @@ LUNG_COLORS = ({"label-value": 1, "rgba": [230, 80, 60, 255]}, {"label-value": 2
 FEATURES_SUFFIX = ".features"
 FEATURE_TABLES = ("slices", "series", "patients")
 LOCK_SUFFIX = ".lock"
+#: suffix of the folder beside a local store where a group is written before it is swapped in
+PARTIAL_SUFFIX = ".partial"
+#: root attribute where ``verify`` records the damaged series ({"patient/series": reason}) for ingest to heal
+DAMAGED = "damaged"
 #: catalog columns written by the feature pipeline and their value for a slice without features
 FEATURE_COLUMNS: dict[str, Any] = {"selected": False, "selected_by_area": False, "dark_count": -1}
 #: attribute holding the completion marker

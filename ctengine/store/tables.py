@@ -36,16 +36,20 @@ def read_table(group: zarr.Group, name: str) -> pd.DataFrame:
                         columns=columns)
 
 
+def same_table(group: zarr.Group, name: str, table: pd.DataFrame) -> bool:
+    """Whether ``group`` holds the table ``name`` with the same columns and values as ``table``."""
+    try:
+        old = read_table(group, name)
+    except Exception:  # unreadable old table: not the same
+        return False
+    return list(old.columns) == list(table.columns) and len(old) == len(table) and \
+        old.astype(str).equals(table.reset_index(drop=True).astype(str))
+
+
 def write_table_if_changed(group: zarr.Group, name: str, table: pd.DataFrame) -> bool:
     """Write a table unless ``group`` already holds the same one; return whether it wrote."""
-    if name in group:
-        try:
-            old = read_table(group, name)
-            if list(old.columns) == list(table.columns) and len(old) == len(table) and \
-                    old.astype(str).equals(table.reset_index(drop=True).astype(str)):
-                return False
-        except Exception:  # unreadable old table: replace it
-            pass
+    if name in group and same_table(group, name, table):
+        return False
     write_table(group, name, table.reset_index(drop=True))
     return True
 

@@ -1,4 +1,8 @@
-"""Verify a store: re-read every slice with plain zarr and compare checksums.
+"""Verify a store: check every series' metadata and shard, re-read every slice with plain zarr, compare checksums.
+
+Each missing or unreadable group, array, shard or chunk is reported with
+its path, and the damaged series are recorded in the store (root attribute
+:data:`~ctengine.store.names.DAMAGED`) for the next ``ingest`` to rewrite.
 
 With sources, every source file is decoded again and compared too, so a
 store can be proven bit-exact against the archives it came from.
@@ -15,6 +19,7 @@ import pandas as pd
 from .. import layout
 from ..driver import RunReport, map_series
 from ..tiffio import BadSliceError, decode_slice, slice_checksum
+from . import health
 from .handle import Store, open_store
 
 
@@ -33,21 +38,25 @@ class VerifyReport(RunReport):
 
 
 def _check_series(store: Store, patient: str, series: str, expected: list[str],
-                  sources: list[tuple[str, list[tuple[str, str, str]]]]) -> list[tuple[str, str]]:
+                  sources: list[tuple[str, list[tuple[str, str, str]]]]) -> tuple[str, list, list]:
     """Compare the stored stack of one series (read with plain zarr) with its catalog checksums.
 
     ``sources`` are (checksum, copies) of the series' source files, each
-    copy (archive, path, name), decoded again and compared too.
+    copy (archive, path, name), decoded again and compared too. Return the
+    series ("patient/series"), the problems of the store and those of the sources.
     """
+    label = f"{patient}/{series}"
     problems = [problem for checksum, copies in sources for problem in _check_sources(copies, checksum)]
+    damage = health.group_damage(store, patient, "patient group") + \
+        health.series_damage(store, patient, series, len(expected))
+    if damage:
+        return label, damage, problems
     try:
         stack = store.raw(patient, series)[:]
     except Exception as exc:
-        return [(f"{patient}/{series}", f"unreadable: {type(exc).__name__}: {exc}"), *problems]
-    if stack.shape[0] != len(expected):
-        return [(f"{patient}/{series}", f"{stack.shape[0]} slices stored, catalog lists {len(expected)}"), *problems]
-    return [(f"{patient}/{series}/z{z}", "stored pixels do not match the catalog checksum")
-            for z, checksum in enumerate(expected) if slice_checksum(stack[z]) != checksum] + problems
+        return label, [(label, f"unreadable: {type(exc).__name__}: {exc}")], problems
+    return label, [(f"{label}/z{z}", "stored pixels do not match the catalog checksum")
+                   for z, checksum in enumerate(expected) if slice_checksum(stack[z]) != checksum], problems
 
 
 def _check_sources(copies: list[tuple[str, str, str]], expected: str) -> list[tuple[str, str]]:
@@ -103,11 +112,28 @@ def verify(store: str | os.PathLike, *, sources: Iterable[str | os.PathLike] = (
                                          for (p, s), sums in expected.items()],
                          labels=[f"{p}/{s}" for p, s in expected], name="verify", client=client,
                          weights=[len(sums) for sums in expected.values()], unit="slice", progress=progress)
-    for problems in outcome.results:
-        report.mismatches.extend(problems)
+    damaged: dict[str, str] = {}
+    for label, stored, problems in outcome.results:
+        report.mismatches.extend(stored + problems)
+        if stored:  # damage of the store, not of the sources, is for ingest to rewrite
+            damaged[label] = "; ".join(f"{what}: {why}" for what, why in stored[:3])
     report.failed_series.extend(outcome.failures)
+    _record(opened, damaged, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _record(opened: Store, damaged: dict[str, str], report: VerifyReport) -> None:
+    """Record the damaged series in the store for ``ingest`` to rewrite (when the store can be written)."""
+    if report.failed_series:  # series that could not be checked: keep what was recorded about them
+        damaged = {**{k: v for k, v in health.damaged_series(opened).items()
+                      if k in {label for label, _ in report.failed_series}}, **damaged}
+    if damaged == health.damaged_series(opened):
+        return
+    try:
+        health.record_damaged(Store(opened.url, mode="a", storage_options=opened.storage_options), damaged)
+    except (OSError, PermissionError) as exc:  # a read-only store: the report still lists every problem
+        report.mismatches.append((opened.url, f"could not record the damaged series in the store: {exc}"))
 
 
 def _source_copies(catalog: pd.DataFrame, sources: list, quarantined: set[str],
