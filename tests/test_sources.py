@@ -219,7 +219,9 @@ def test_info_and_loader(stores):
     opened = open_store(stores["store"])
     rows = opened.catalog[opened.catalog["patient"] == PATIENT].sort_values("z").head(4).assign(target=0)
     batch = next(iter(SliceLoader(stores["store"], rows, batch_size=4, threads=1, prefetch=0)))
-    np.testing.assert_array_equal(np.asarray(batch.images)[:, 0], opened.read_raw(PATIENT, SERIES)[:4])
+    slope, intercept = opened.rescale(PATIENT, SERIES)   # the loader gives HU of the stored values
+    np.testing.assert_array_equal(np.asarray(batch.images)[:, 0],
+                                  opened.read_raw(PATIENT, SERIES)[:4].astype(np.float32) * slope + intercept)
 
 
 def test_verify_source_detects_a_changed_dicom_file(tmp_path, client):
