@@ -174,14 +174,15 @@ class _Walker:
         if printable(source) == source:
             self.result.around.append(os.path.dirname(source))
             self.roots.append(os.path.realpath(source).rstrip(os.sep) + os.sep)
-        stack = [source] if self.entry(source) else []
+        stack = [source] if self.entry(source, top=True) else []
         if stack:
             self.result.folders.append(source)
         while stack:
             stack.extend(reversed(self.folder(stack.pop())))
 
-    def entry(self, path: str) -> bool:
-        """Sort one entry; True for a folder to walk."""
+    def entry(self, path: str, *, top: bool = False) -> bool:
+        """Sort one entry; True for a folder to walk. A source given by the user (``top``) is followed even
+        when it is a link to a folder that holds it."""
         result = self.result
         if printable(path) != path:
             result.quarantined.append((printable(path), "name is not valid UTF-8 (rename it); not read"))
@@ -204,7 +205,7 @@ class _Walker:
             result.skipped.append((path, "a Zarr store folder"))
         elif key in self.seen:
             result.skipped.append((path, f"folder already walked as {self.seen[key]} (symbolic link)"))
-        elif os.path.islink(path) and self.holds_a_source(os.path.realpath(path)):
+        elif not top and os.path.islink(path) and self.holds_a_source(os.path.realpath(path)):
             result.skipped.append((path, f"symbolic link to {os.path.realpath(path)}, a folder holding a source "
                                          "(a cycle)"))
         else:

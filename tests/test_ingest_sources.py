@@ -287,3 +287,12 @@ def test_unreadable_metadata_found_is_quarantined_and_the_next_one_read(tree, tm
     report = ingest([src], tmp_path / "s.zarr", client)
     assert [location for location, _ in report.quarantined] == [str(src / "Patients_metadata.csv")]
     assert report.metadata["metadata"] == [str(tmp_path / "Patients_metadata.csv")]
+
+
+def test_a_source_that_is_a_link_to_a_folder_is_read(tmp_path, client):
+    from conftest import make_tree
+
+    make_tree(tmp_path / "data", shape=(512, 512), series_spec=(("normal1", "patient2", "SR_2", 2),))
+    (tmp_path / "src").symlink_to(tmp_path / "data")
+    report = ctengine.ingest([tmp_path / "src"], tmp_path / "s.zarr", client=client, progress=False)
+    assert report.slices_written == 2 and not report.skipped
