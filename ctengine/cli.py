@@ -132,7 +132,7 @@ def ingest(sources, store, details, metadata, labels, strict, storage_options, a
     """Ingest COVID-CTset SOURCES (tree, zips or flat folder) into a Zarr v3 STORE."""
     from .ingestion import ingest as run_ingest
     from .store import resolve
-    from .store.handle import check_location
+    from .store.location import check_location
 
     check_location(resolve(store), "a")  # a regular file refused before the cluster starts
     with _client(scheduler, workers) as client:

@@ -156,8 +156,8 @@ def feature_pass(store_slices: int, workdir: Path, scheduler: str | None, worker
     shutil.rmtree(features_path(str(store)), ignore_errors=True)
     root = zarr.open_group(store, mode="a")
     for patient, series in ctengine.open_store(store).series_keys():
-        if names.LABELS in root[f"{patient}/{series}"]:
-            del root[f"{patient}/{series}/{names.LABELS}"]
+        if names.LABELS_GROUP in root[f"{patient}/{series}"]:
+            del root[f"{patient}/{series}/{names.LABELS_GROUP}"]
     with cluster(scheduler, workers) as client:
         client.run(lambda: __import__("ctengine.kernels"))  # import and load cached kernels first
         report = compute_features(store, client=client, progress=False)

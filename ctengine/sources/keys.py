@@ -27,7 +27,7 @@ from ..store import names
 __all__ = ["patient_key", "series_key", "short_hash", "volume_keys"]
 
 _BAD = re.compile(r"[^a-z0-9._-]+")
-_RESERVED = {names.CATALOG, names.QUARANTINE, names.LABELS}
+_RESERVED = {names.CATALOG, names.QUARANTINE, names.LABELS_GROUP}
 MAX_KEY_LENGTH = 64
 #: file extensions of volume sources, longest first
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr")

@@ -18,68 +18,8 @@ import pandas as pd
 import zarr
 
 from . import names, replace, schema, shard, tables
-from .names import LABELS, LUNG, LUNG_ARRAY, LUNG_FEATURES, RAW
-
-
-def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec filesystem and root path of a location (remote: no listings cache, see :class:`Store`)."""
-    options = dict(storage_options or {})
-    if names.is_remote(url):
-        options.setdefault("use_listings_cache", False)
-    fs, root = fsspec.core.url_to_fs(url, **options)
-    return fs, root.rstrip("/")
-
-
-def open_root(url: str, *, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
-    """The root zarr group of a location (local path or fsspec URL), zarr format 3."""
-    kwargs: dict[str, Any] = {}
-    if "://" in url:
-        options = dict(storage_options or {})
-        if names.is_remote(url):
-            options.setdefault("use_listings_cache", False)
-        kwargs = {"storage_options": options} if options else {}
-    return zarr.open_group(url, mode=mode, zarr_format=3, **kwargs)
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return bool({"file", "local"} & set(protocols))
-
-
-class NotAStoreError(FileNotFoundError, ValueError):
-    """Not a ctengine store: missing, a regular file or something else (as zarr's FileNotFoundError, a ValueError)."""
-
-
-def check_location(url: str, mode: str) -> None:
-    """Refuse a local store location that cannot be a store, naming it and what to give instead.
-
-    Parameters
-    ----------
-    url : str
-        Resolved location (:func:`ctengine.store.names.resolve`); URLs other
-        than ``file://`` are left to zarr.
-    mode : {"r", "a"}
-        ``"r"``: the location must exist and be a folder with a root group.
-        ``"a"``: it must not be a regular file (a missing folder is created).
-
-    Raises
-    ------
-    NotAStoreError
-    """
-    if "://" in url and not url.startswith("file://"):
-        return
-    path = url.split("://", 1)[-1]
-    if os.path.isfile(path):
-        raise NotAStoreError(f"{url} is a file, not a store: give " + ("a folder (created if missing)" if mode == "a"
-                                                                     else "the folder ctengine ingest --store wrote"))
-    if mode == "a":
-        return
-    if not os.path.exists(path):
-        raise NotAStoreError(f"no store at {url}: check the path, or write one with "
-                             f"ctengine ingest SOURCES --store {url}")
-    if not os.path.isfile(os.path.join(path, "zarr.json")):
-        raise NotAStoreError(f"{url} is a folder but not a ctengine store (no zarr.json): give the folder "
-                             f"ctengine ingest --store wrote")
+from .location import NotAStoreError, check_location, filesystem, is_local, open_root
+from .names import LABELS_GROUP, LUNG, LUNG_ARRAY, LUNG_FEATURES, RAW
 
 
 def _reopen(url: str, mode: str, storage_options: dict | None) -> "Store":
@@ -139,7 +79,7 @@ class Store:
     def put(self, key: str, data: bytes) -> None:
         """Write one object under the store (atomically on local disks: temporary file and rename)."""
         path = f"{self.base}/{key}"
-        if _is_local(self.fs):
+        if is_local(self.fs):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{uuid.uuid4().hex}.partial"
             with open(tmp, "wb") as handle:
@@ -155,7 +95,7 @@ class Store:
     @property
     def local(self) -> bool:
         """Whether the store is on a local disk."""
-        return _is_local(self.fs)
+        return is_local(self.fs)
 
     def write_stack(self, group: zarr.Group, stack: np.ndarray, name: str = RAW) -> int:
         """Create the array ``name`` in ``group`` and write ``stack`` (z, y, x) as one shard; return bytes written."""
@@ -379,7 +319,7 @@ class Store:
     def completed_lung(self, patient: str, series: str, plan: str) -> pd.DataFrame | None:
         """The per-slice features of a series' lung label when complete for ``plan``, else None."""
         try:
-            lung = self.root[names.series_path(patient, series, f"{LABELS}/{LUNG}")]
+            lung = self.root[names.series_path(patient, series, f"{LABELS_GROUP}/{LUNG}")]
             if names.is_complete(lung.attrs, plan):
                 return tables.read_matrix(lung[LUNG_FEATURES])
         except Exception:  # missing or half-written: compute again
@@ -389,43 +329,21 @@ class Store:
     def write_lung(self, patient: str, series: str, mask: np.ndarray, table: pd.DataFrame, plan: str) -> None:
         """Store a series' lung mask (OME-Zarr label) and per-slice features, then mark them complete."""
         group = self.series_group(patient, series)
-        labels = group.require_group(LABELS)
+        labels = group.require_group(LABELS_GROUP)
         labels.attrs.update({"ome": schema.ome_labels()})
         lung = labels.create_group(LUNG, overwrite=True, attributes=names.incomplete())
         self.write_stack(lung, mask.astype(np.uint8, copy=False))
         tables.write_matrix(lung, LUNG_FEATURES, table)
-        ome = schema.ome_lung_label(f"{group.path}/{LABELS}/{LUNG}", scale=schema.attrs_scale(dict(group.attrs)))
+        ome = schema.ome_lung_label(f"{group.path}/{LABELS_GROUP}/{LUNG}", scale=schema.attrs_scale(dict(group.attrs)))
         lung.attrs.update({"ome": ome, **names.complete(plan)})
 
     # ------------------------------------------------------------ views
 
     def series(self, patient: str, series: str):
-        """A dask-backed ``xarray.DataArray`` (instance, y, x) of raw values, mm coordinates where known.
+        """A dask-backed ``xarray.DataArray`` (instance, y, x) of raw values (see :func:`.views.series_array`)."""
+        from .views import series_array
 
-        Where the pixel spacing is unknown, ``y`` and ``x`` count pixels and
-        their ``units`` attribute says so (``"pixel"``, with a ``note``);
-        ``z_mm`` is there only when the slice thickness is known.
-        """
-        import dask.array as da
-        import xarray as xr
-
-        array = self.raw(patient, series)
-        attrs = self.series_attrs(patient, series)
-        z, ny, nx = array.shape
-        known, thickness = names.spacing(attrs), names.thickness(attrs)
-        coords: dict[str, Any] = {"instance": np.asarray(attrs["instances"], dtype=np.int64)}
-        for axis, n, step in (("y", ny, known[0] if known else None), ("x", nx, known[1] if known else None)):
-            coords[axis] = xr.Variable(axis, np.arange(n) * step if step else np.arange(n),
-                                       attrs={"units": "mm"} if step else
-                                       {"units": "pixel", "note": "pixel spacing unknown: no metadata for this series"})
-        if thickness:
-            coords["z_mm"] = ("instance", np.arange(z) * thickness)
-        keep = ("thickness_mm", "spacing_mm", "kernel", "window_center", "window_width")
-        slope, intercept = names.rescale(attrs)
-        return xr.DataArray(da.from_zarr(array), dims=("instance", "y", "x"), coords=coords,
-                            name=f"{patient}/{series}",
-                            attrs={"units": "raw", "slope": slope, "intercept": intercept,
-                                   **{k: attrs[k] for k in keep if attrs.get(k) is not None}})
+        return series_array(self, patient, series)
 
     def to_datatree(self):
         """The whole store as an ``xarray.DataTree`` (lazy, dask-backed)."""

@@ -41,9 +41,9 @@ QUARANTINE_COLUMNS = ("location", "reason")
 #: prefix of the reason of an entry the ingest skipped on purpose (the rest of the table was refused)
 SKIPPED_PREFIX = "skipped: "
 #: OME-Zarr labels group of a series and the lung label inside it
-LABELS = "labels"
+LABELS_GROUP = "labels"
 LUNG = "lung"
-LUNG_ARRAY = f"{LABELS}/{LUNG}/{RAW}"
+LUNG_ARRAY = f"{LABELS_GROUP}/{LUNG}/{RAW}"
 #: per-slice feature matrix inside the lung-label group
 LUNG_FEATURES = "features"
 #: colours of the lung label values (1 right lung, 2 left lung)
