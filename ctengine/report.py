@@ -157,8 +157,8 @@ def gradcam_png(store: str, checkpoint: str | os.PathLike, evaluation: Path, *, 
     prepared, cams, probability = grad_cam(net, images)
     key = ["patient", "series", "instance"]
     shown = shown[key].merge(picks[[*key, "label", "prediction"]], on=key, how="left")
-    titles = [f"{r.patient}/{r.series} IM{int(r.instance):05d}: {r.label}, p(COVID) {p:.2f}"
-              f"{'' if r.label == r.prediction else ' WRONG'}" for r, p in zip(shown.itertuples(), probability)]
+    titles = [f"{r.patient}/{r.series} IM{int(r.instance):05d}\n{r.label}, p(COVID) {p:.2f}"
+              f"{'' if r.label == r.prediction else ', WRONG'}" for r, p in zip(shown.itertuples(), probability)]
     path = evaluation / "gradcam.png"
     save_overlays(prepared, cams, titles, path)
     return path.read_bytes()
@@ -182,7 +182,8 @@ def write_report(out: str | os.PathLike, *, store: str, evaluation: str | os.Pat
     patients = patients_table(opened, evaluation, fold)
     stages = pd.DataFrame({"stage": list(throughput), "slices/s": list(throughput.values()),
                            "seconds": [seconds.get(k, np.nan) for k in throughput],
-                           "includes": ["cluster start-up" if k in ("ingest", "features") else "" for k in throughput]})
+                           "note": ["on the running cluster (start-up not counted)" if k in ("ingest", "features")
+                                    else "" for k in throughput]})
     examples = [labels.loc[labels["label"] == k, "patient"].iloc[0] for k in ("covid", "normal")
                 if (labels["label"] == k).any()]
     sections = []

@@ -129,7 +129,7 @@ def explain_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
     picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
     target = next(net.parameters()).device
     images, cams, probability = grad_cam(net, torch.from_numpy(inputs[picks]).to(target), layer=layer)
-    titles = [f"{files[i]}: p(COVID) {p:.2f}" for i, p in zip(picks, probability)]
+    titles = [f"{files[i]}\np(COVID) {p:.2f}" for i, p in zip(picks, probability)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     png = save_overlays(images, cams, titles, out / "gradcam.png")
