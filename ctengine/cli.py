@@ -183,9 +183,9 @@ def verify(store, sources, storage_options, workers, scheduler) -> None:
     """Re-read STORE and compare every slice's checksum; exit 1 on any mismatch."""
     from .store import verify as run_verify
 
-    _require_store(store, _storage_options(storage_options))
+    _require_store(store, options := _storage_options(storage_options))
     with _client(scheduler, workers) as client:
-        report = run_verify(store, sources=sources, client=client, storage_options=_storage_options(storage_options))
+        report = run_verify(store, sources=sources, client=client, storage_options=options, progress=True)
     for what, reason in report.mismatches:
         click.echo(f"MISMATCH {what}: {reason}", err=True)
     for series, reason in report.failed_series:
@@ -263,10 +263,15 @@ def features(store, device, storage_options, workers, scheduler) -> None:
 @storage_option
 def train(store, fold, model, epochs, batch_size, lr, out, device, seed, storage_options) -> None:
     """Train a COVID/normal slice classifier on fold FOLD of STORE."""
-    from .learn.train import train as run_train
+    from .learn.train import describe_splits, fold_catalog, split_lines, train as run_train
+    from .store import open_store
 
+    options = _storage_options(storage_options)
+    catalog = fold_catalog(open_store(store, storage_options=options).catalog, fold, seed=seed)
+    lines = split_lines(describe_splits(catalog, fold))
+    click.echo("\n  ".join([f"training {model} on fold {fold} of {store}:", *lines]))
     result = run_train(store, fold=fold, model=model, epochs=epochs, batch_size=batch_size, lr=lr, out=out,
-                       device=device, seed=seed, storage_options=_storage_options(storage_options))
+                       device=device, seed=seed, storage_options=options)
     for row in result.history:
         click.echo("epoch {epoch}: loss {loss:.4f} accuracy {accuracy:.3f} ({slices_per_s:.0f} slices/s)".format(**row)
                    + (f" validation accuracy {row['val_accuracy']:.3f}" if "val_accuracy" in row else ""))
@@ -314,12 +319,10 @@ def predict(patient_dir, checkpoint, threshold, series, device, as_json, spacing
 
     options = dict(checkpoint=checkpoint, threshold=threshold, series=series, device=device,
                    spacing=tuple(spacing) if spacing else None, slope=slope, intercept=intercept)
-    if explain:
-        from .learn.explain import explain_patient
+    from .learn.explain import explain_patient
 
-        result = explain_patient(patient_dir, out=explain, **options)
-    else:
-        result = predict_patient(patient_dir, **options)
+    result = (explain_patient(patient_dir, out=explain, **options) if explain
+              else predict_patient(patient_dir, **options))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -375,19 +378,16 @@ def bench(names, full, quick, keep, workdir, out, results_md, record, workers, s
 
     Results go to ./bench-results; the committed results change only with --record.
     """
-    from .bench import repository, run_suite, select
+    from .bench import outputs, run_suite, select
     from .bench.full import DiskSpaceError
 
     check_cluster_options(workers, scheduler)
     if full and (names or quick):
         raise click.UsageError("--full runs alone: give no NAMES and no --quick")
-    repo = repository() if record else None
-    if record and repo is None and (out is None or results_md is None):
-        raise click.UsageError("--record writes into a ctengine checkout: run it there, or give --out and --results-md")
-    if out is None:
-        out = repo / "benchmarks" / "results" if repo else Path("bench-results")
-    if results_md is None and repo:
-        results_md = repo / "benchmarks" / "RESULTS.md"
+    try:
+        out, results_md = outputs(record=record, out=out, results_md=results_md)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         run_suite(select(names), full=full, quick=quick, keep=keep, workdir=workdir, out_dir=out, results_md=results_md,
                   scheduler=scheduler, workers=workers, echo=click.echo)

@@ -131,3 +131,28 @@ def test_recalibrated_batchnorm_holds_the_average_of_the_batch_statistics():
     assert bn.momentum == 0.1 and net.training
     before = bn.running_mean.clone()
     assert recalibrate_batchnorm(net, []) == 0 and torch.equal(bn.running_mean, before)
+
+
+def test_train_says_what_it_trains_on(tmp_path, client):
+    from click.testing import CliRunner
+
+    from ctengine.cli import main
+    from ctengine.features import compute_features
+    from ctengine.learn.train import describe_splits
+    from ctengine.synth import write_cohort
+
+    write_cohort(tmp_path / "src", patients=6, slices_per_series=4, seed=2, shape=(128, 128), progress=False,
+                 workers=1)
+    ctengine.ingest([tmp_path / "src"], tmp_path / "s.zarr", client=client, progress=False, shape=(128, 128))
+    compute_features(tmp_path / "s.zarr", client=client, progress=False)
+    catalog = fold_catalog(ctengine.open_store(tmp_path / "s.zarr").catalog, 1)
+    data = describe_splits(catalog, 1)
+    train_rows = catalog[catalog["fold1"] == "train"]
+    assert sum(c["patients"] for c in data["train"].values()) == train_rows["patient"].nunique()
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "s.zarr"), "--fold", "1", "--epochs", "1",
+                                       "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[:3]
+    assert first[0].startswith("training small on fold 1")
+    for name, counts in data["train"].items():
+        assert f"{name} {counts['patients']} patients / {counts['slices']} slices" in first[1]

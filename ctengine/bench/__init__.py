@@ -161,6 +161,19 @@ def repository() -> Path | None:
     return None
 
 
+def outputs(*, record: bool, out: Path | None, results_md: Path | None) -> tuple[Path, Path | None]:
+    """(results folder, RESULTS.md or None) of ``ctengine bench``: ./bench-results and no table unless
+    ``record``, which writes the checkout's benchmarks/results and benchmarks/RESULTS.md."""
+    repo = repository() if record else None
+    if record and repo is None and (out is None or results_md is None):
+        raise ValueError("--record writes into a ctengine checkout: run it there, or give --out and --results-md")
+    if out is None:
+        out = repo / "benchmarks" / "results" if repo else Path("bench-results")
+    if results_md is None and repo:
+        results_md = repo / "benchmarks" / "RESULTS.md"
+    return out, results_md
+
+
 def run_suite(names: Iterable[str], *, full: bool = False, quick: bool = False, keep: bool = False,
               workdir: Path | None = None, out_dir: Path, results_md: Path | None = None,
               scheduler: str | None = None, workers: int | None = None,

@@ -206,7 +206,8 @@ def run(workdir: Path, *, quick: bool = False, scheduler: str | None = None, wor
         result["zarrs_loop"] = zarrs_loop(dirs, workdir / "zarrs.zarr")
         result["slice_by_slice"] = slice_by_slice(dirs, workdir / "slices.zarr", budget_s=30 if not quick else 5)
     ours = result["ctengine"]["slices_per_s"]
-    result["speedup"] = {name: ours / result[name]["slices_per_s"] for name in BASELINES if "slices_per_s" in result[name]}
+    result["speedup"] = {name: ours / result[name]["slices_per_s"] for name in BASELINES
+                         if "slices_per_s" in result[name]}
     result["fraction_of_ceiling"] = ours / result["ceiling"]["ceiling_slices_per_s"]
     return result
 

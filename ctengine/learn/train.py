@@ -56,6 +56,8 @@ class TrainResult:
 
     checkpoint: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    #: what was trained on: split -> class -> {"patients", "slices"} (see :func:`describe_splits`)
+    data: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
 
 def fold_catalog(catalog: pd.DataFrame, fold: int, *, seed: int = 0) -> pd.DataFrame:
@@ -79,6 +81,27 @@ def fold_catalog(catalog: pd.DataFrame, fold: int, *, seed: int = 0) -> pd.DataF
     for name in folds.columns:
         catalog[name] = catalog["patient"].map(folds[name]).fillna("")
     return catalog
+
+
+def describe_splits(catalog: pd.DataFrame, fold: int) -> dict[str, dict[str, dict[str, int]]]:
+    """Patients and training slices per class of the train and validation splits of a fold.
+    """
+    out = {}
+    for split in ("train", "validation"):
+        rows = training_rows(catalog, fold, split)
+        if rows.empty:
+            continue
+        out[split] = {name: {"patients": int(rows.loc[rows["label"] == name, "patient"].nunique()),
+                             "slices": int((rows["target"] == index).sum())}
+                      for index, name in enumerate(CLASS_NAMES)}
+        out[split] = {name: out[split][name] for name in sorted(out[split])}
+    return out
+
+
+def split_lines(data: dict[str, dict[str, dict[str, int]]]) -> list[str]:
+    """One line per split: patients (by patient label) and slices (by slice target) per class."""
+    return [f"{split}: " + ", ".join(f"{name} {c['patients']} patients / {c['slices']} slices"
+                                     for name, c in classes.items()) for split, classes in data.items()]
 
 
 def training_rows(catalog: pd.DataFrame, fold: int, split: str) -> pd.DataFrame:
@@ -254,5 +277,5 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
     checkpoint = save_checkpoint(out_dir / "model.pt", net, extra={
         "fold": fold, "epochs": epochs, "seed": seed, "lr": peak, "history": json.dumps(history)})
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
-    return TrainResult(Path(checkpoint), history)
+    return TrainResult(Path(checkpoint), history, describe_splits(catalog, fold))
 
