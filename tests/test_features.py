@@ -172,3 +172,9 @@ def test_features_are_computed_again_when_the_spacing_becomes_known(tmp_path, cl
     ctengine.ingest([tmp_path / "src"], tmp_path / "s.zarr", client=client, progress=False, metadata=str(meta))
     report = compute_features(tmp_path / "s.zarr", client=client, progress=False)
     assert report.series_computed == 1 and report.spacing_unknown == []
+
+
+def test_lung_labels_carry_their_names_and_colours(store):
+    label = zarr.open_group(store, mode="r")["patient1/SR_2/labels/lung"].attrs["ome"]["image-label"]
+    assert {p["label-value"]: p["name"] for p in label["properties"]} == {1: "right lung", 2: "left lung"}
+    assert {c["label-value"] for c in label["colors"]} == {1, 2}

@@ -273,3 +273,16 @@ def test_info_reports_counts_bytes_and_ratio(tree, tmp_path, client):
     assert info["labels"]["covid"] == {"patients": 1, "series": 2, "slices": 7, "labelled_slices": 0}
     assert info["labels"]["normal"]["slices"] == 7 and info["bytes_raw"] == 14 * 64 * 64 * 2
     assert 0 < info["bytes_stored"] and info["ratio"] == pytest.approx(info["bytes_raw"] / info["bytes_stored"])
+
+
+def test_viewers_open_a_series_in_the_lung_window(tree, tmp_path, client):
+    from ome_zarr_models.v05.image import Image
+
+    src, _ = tree
+    ingest(src, tmp_path / "s.zarr", client)
+    group = zarr.open_group(tmp_path / "s.zarr/patient2/SR_2", mode="r")
+    Image.from_zarr(group)   # still valid OME-Zarr 0.5 with the omero block
+    channel = group.attrs["ome"]["omero"]["channels"][0]
+    slope, intercept = ctengine.open_store(tmp_path / "s.zarr").rescale("patient2", "SR_2")
+    hu = [channel["window"][k] * slope + intercept for k in ("start", "end")]
+    assert hu == [-1350.0, 150.0] and "mediastinal 40/400 HU" in channel["label"]

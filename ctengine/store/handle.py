@@ -280,8 +280,13 @@ class Store:
 
     def finish_series(self, group: zarr.Group, attrs: dict[str, Any], plan: str) -> None:
         """Set a series' attributes and OME-Zarr metadata, and mark it complete for ``plan``."""
-        ome = schema.ome_multiscales(group.path, scale=schema.attrs_scale(attrs))
-        group.attrs.update({**attrs, "ome": ome, **names.complete(plan)})
+        group.attrs.update({**attrs, "ome": self._ome(group.path, attrs), **names.complete(plan)})
+
+    @staticmethod
+    def _ome(path: str, attrs: dict[str, Any]) -> dict[str, Any]:
+        """OME-Zarr metadata of a series image from its attributes (scale in mm, lung window in stored units)."""
+        slope, intercept = names.rescale(attrs)
+        return schema.ome_image(path, scale=schema.attrs_scale(attrs), slope=slope, intercept=intercept)
 
     def update_series(self, patient: str, series: str, attrs: dict[str, Any], plan: str) -> None:
         """Set new attributes of a stored series in one write of its ``zarr.json`` (the pixels stay).

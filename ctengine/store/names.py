@@ -48,6 +48,8 @@ LUNG_ARRAY = f"{LABELS_GROUP}/{LUNG}/{RAW}"
 LUNG_FEATURES = "features"
 #: colours of the lung label values (1 right lung, 2 left lung)
 LUNG_COLORS = ({"label-value": 1, "rgba": [230, 80, 60, 255]}, {"label-value": 2, "rgba": [60, 120, 230, 255]})
+#: names of the lung label values (OME-Zarr image-label properties)
+LUNG_PROPERTIES = ({"label-value": 1, "name": "right lung"}, {"label-value": 2, "name": "left lung"})
 #: suffix of the folder of Parquet feature tables beside a store, and the tables in it
 FEATURES_SUFFIX = ".features"
 FEATURE_TABLES = ("slices", "series", "patients")

@@ -7,10 +7,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from ..constants import RAW_DTYPE
+from ..constants import LUNG_WINDOW_HU, MEDIASTINUM_WINDOW_HU, RAW_DTYPE
 from . import shard
 from . import names
-from .names import FORMAT, FORMAT_VERSION, LUNG, LUNG_COLORS, RAW
+from .names import FORMAT, FORMAT_VERSION, LUNG, LUNG_COLORS, LUNG_PROPERTIES, RAW
 
 
 def raw_codec(typesize: int = 2) -> BloscCodec:
@@ -38,10 +38,40 @@ def ome_multiscales(name: str, *, scale: tuple[float, float, float] | None) -> d
         "name": name, "axes": axes, "datasets": [{"path": RAW, "coordinateTransformations": transform}]}]}
 
 
-def ome_lung_label(name: str, *, scale: tuple[float, float, float] | None) -> dict[str, Any]:
-    """OME-Zarr 0.5 ``ome`` attribute of the lung label group of a series."""
+def ome_image(name: str, *, scale: tuple[float, float, float] | None, slope: float, intercept: float,
+              dtype: np.dtype | str = RAW_DTYPE) -> dict[str, Any]:
+    """``ome`` attribute of a series image: its multiscales and an ``omero`` rendering in the lung window.
+
+    The window is given in stored units (raw = (HU - intercept) / slope), so a
+    viewer opens the series at lung window (-600 / 1500 HU) with no contrast
+    setting; the mediastinal window (40 / 400 HU) is stated in the channel's
+    label for the user to switch to.
+
+    Examples
+    --------
+    >>> window = ome_image("p/SR_2", scale=None, slope=1.0, intercept=-1024.0)["omero"]["channels"][0]["window"]
+    >>> window["start"], window["end"], window["max"]
+    (-326.0, 1174.0, 65535.0)
+    """
     ome = ome_multiscales(name, scale=scale)
-    ome["image-label"] = {"version": "0.5", "colors": [dict(c) for c in LUNG_COLORS], "source": {"image": "../../"}}
+    info = np.iinfo(np.dtype(dtype))
+    (centre, width), (m_centre, m_width) = LUNG_WINDOW_HU, MEDIASTINUM_WINDOW_HU
+    start, end = ((hu - intercept) / slope for hu in (centre - width / 2, centre + width / 2))
+    ome["omero"] = {"name": name, "version": "0.5", "rdefs": {"model": "greyscale", "defaultZ": 0},
+                    "channels": [{"label": f"CT (lung window {centre:g}/{width:g} HU; mediastinal "
+                                           f"{m_centre:g}/{m_width:g} HU)",
+                                  "color": "FFFFFF", "active": True, "inverted": False, "coefficient": 1.0,
+                                  "family": "linear",
+                                  "window": {"start": float(start), "end": float(end), "min": float(info.min),
+                                             "max": float(info.max)}}]}
+    return ome
+
+
+def ome_lung_label(name: str, *, scale: tuple[float, float, float] | None) -> dict[str, Any]:
+    """OME-Zarr 0.5 ``ome`` attribute of the lung label group of a series: colours and names of the labels."""
+    ome = ome_multiscales(name, scale=scale)
+    ome["image-label"] = {"version": "0.5", "colors": [dict(c) for c in LUNG_COLORS],
+                          "properties": [dict(p) for p in LUNG_PROPERTIES], "source": {"image": "../../"}}
     return ome
 
 
