@@ -178,16 +178,3 @@ def test_lung_labels_carry_their_names_and_colours(store):
     label = zarr.open_group(store, mode="r")["patient1/SR_2/labels/lung"].attrs["ome"]["image-label"]
     assert {p["label-value"]: p["name"] for p in label["properties"]} == {1: "right lung", 2: "left lung"}
     assert {c["label-value"] for c in label["colors"]} == {1, 2}
-
-
-def test_lung_labels_have_the_image_pyramid_by_nearest_neighbour(store):
-    from ome_zarr_models.v05.image_label import ImageLabel
-
-    root = zarr.open_group(store, mode="r")
-    image, lung = root["patient1/SR_2"], root["patient1/SR_2/labels/lung"]
-    ImageLabel.from_zarr(lung)
-    paths = [d["path"] for d in lung.attrs["ome"]["multiscales"][0]["datasets"]]
-    assert paths == [d["path"] for d in image.attrs["ome"]["multiscales"][0]["datasets"]]
-    for level in paths[1:]:
-        assert lung[level].shape == image[level].shape
-    np.testing.assert_array_equal(lung["1"][:], lung["0"][:, ::2, ::2])

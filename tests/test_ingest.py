@@ -216,11 +216,11 @@ def held(task):
 
     finish = task.store.finish_series
 
-    def finish_or_hold(group, attrs, plan, **options):
+    def finish_or_hold(group, attrs, plan):
         if os.path.exists(FIRST_DONE):
             open(REACHED, "w").close()
             time.sleep(3600)
-        finish(group, attrs, plan, **options)
+        finish(group, attrs, plan)
         open(FIRST_DONE, "w").close()
 
     task.store.finish_series = finish_or_hold
@@ -286,22 +286,3 @@ def test_viewers_open_a_series_in_the_lung_window(tree, tmp_path, client):
     slope, intercept = ctengine.open_store(tmp_path / "s.zarr").rescale("patient2", "SR_2")
     hu = [channel["window"][k] * slope + intercept for k in ("start", "end")]
     assert hu == [-1350.0, 150.0] and "mediastinal 40/400 HU" in channel["label"]
-
-
-def test_every_series_has_a_pyramid_down_to_64_pixels(tmp_path, client):
-    from ome_zarr_models.v05.image import Image
-
-    src = tmp_path / "src"
-    make_tree(src, shape=(512, 512), series_spec=(("normal1", "patient2", "SR_2", 2),))
-    ctengine.ingest([src], tmp_path / "s.zarr", client=client, progress=False)
-    group = zarr.open_group(tmp_path / "s.zarr/patient2/SR_2", mode="r")
-    Image.from_zarr(group)
-    datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
-    assert [d["path"] for d in datasets] == ["0", "1", "2", "3"]
-    assert [group[d["path"]].shape[1:] for d in datasets] == [(512, 512), (256, 256), (128, 128), (64, 64)]
-    scales = [d["coordinateTransformations"][0]["scale"] for d in datasets]
-    assert [s[1] / scales[0][1] for s in scales] == [1, 2, 4, 8]
-    level0, level1 = group["0"][:].astype(np.uint32), group["1"][:]
-    block = level0[:, 0::2, 0::2] + level0[:, 1::2, 0::2] + level0[:, 0::2, 1::2] + level0[:, 1::2, 1::2]
-    np.testing.assert_array_equal(level1, ((block + 2) // 4).astype(np.uint16))
-    assert verify(tmp_path / "s.zarr", sources=[src], client=client).ok

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from . import names, pyramid, replace, schema, shard, tables
+from . import names, replace, schema, shard, tables
 from .location import NotAStoreError, check_location, filesystem, is_local, open_root
 from .names import LABELS_GROUP, LUNG, LUNG_ARRAY, LUNG_FEATURES, RAW
 
@@ -278,14 +278,15 @@ class Store:
         """(Re)create the group of a series, marked incomplete (an empty series; see :meth:`write_series`)."""
         return self.root.require_group(patient).create_group(series, overwrite=True, attributes=names.incomplete())
 
-    def finish_series(self, group: zarr.Group, attrs: dict[str, Any], plan: str, *, levels: int | None = None) -> None:
-        """Set a series' attributes and OME-Zarr metadata (``levels`` pyramid levels; default: the group's
-        level arrays), and mark it complete for ``plan``."""
-        levels = sum(1 for key in group.array_keys() if key.isdigit() and key != RAW) if levels is None else levels
+    def finish_series(self, group: zarr.Group, attrs: dict[str, Any], plan: str) -> None:
+        """Set a series' attributes and OME-Zarr metadata, and mark it complete for ``plan``."""
+        group.attrs.update({**attrs, "ome": self._ome(group.path, attrs), **names.complete(plan)})
+
+    @staticmethod
+    def _ome(path: str, attrs: dict[str, Any]) -> dict[str, Any]:
+        """OME-Zarr metadata of a series image from its attributes (scale in mm, lung window in stored units)."""
         slope, intercept = names.rescale(attrs)
-        ome = schema.ome_image(group.path, scale=schema.attrs_scale(attrs), slope=slope, intercept=intercept,
-                               levels=levels)
-        group.attrs.update({**attrs, "ome": ome, **names.complete(plan)})
+        return schema.ome_image(path, scale=schema.attrs_scale(attrs), slope=slope, intercept=intercept)
 
     def update_series(self, patient: str, series: str, attrs: dict[str, Any], plan: str) -> None:
         """Set new attributes of a stored series in one write of its ``zarr.json`` (the pixels stay).
@@ -295,9 +296,8 @@ class Store:
         """
         path = names.series_path(patient, series)
         old = dict(self.series_group(patient, series).attrs)
-        levels = len(old.get("ome", {}).get("multiscales", [{}])[0].get("datasets", [None])) - 1
         objects = replace.group_objects(
-            path, lambda root: self.finish_series(root.create_group(path, attributes=old), attrs, plan, levels=levels))
+            path, lambda root: self.finish_series(root.create_group(path, attributes=old), attrs, plan))
         self.put(f"{path}/zarr.json", objects["zarr.json"])
 
     def write_series(self, patient: str, series: str, stack: np.ndarray, attrs: dict[str, Any], plan: str) -> int:
@@ -307,18 +307,14 @@ class Store:
         :mod:`ctengine.store.replace`); return the shard's bytes.
         """
         path = names.series_path(patient, series)
-        stacks = [stack, *pyramid.levels(stack)]
-        shards = [shard.encode_shard([shard.encode_chunk(image) for image in level]) for level in stacks]
+        data = shard.encode_shard([shard.encode_chunk(image) for image in stack])
 
         def build(root: zarr.Group) -> None:
             group = root.create_group(path, attributes=names.incomplete())
-            for level, data in enumerate(stacks):
-                schema.create_stack_array(group, data.shape[0], data.shape[1:], dtype=data.dtype, name=str(level))
-            self.finish_series(group, attrs, plan, levels=len(stacks) - 1)
+            schema.create_stack_array(group, stack.shape[0], stack.shape[1:], dtype=stack.dtype)
+            self.finish_series(group, attrs, plan)
 
-        objects = {**{names.shard_key(str(level)): data for level, data in enumerate(shards)},
-                   **replace.group_objects(path, build)}
-        data = shards[0]
+        objects = {names.shard_key(RAW): data, **replace.group_objects(path, build)}
         self.root.require_group(patient)
         replace.replace_group(self.fs, self.base, path, objects, local=self.local)
         return len(data)
@@ -341,14 +337,9 @@ class Store:
         labels = group.require_group(LABELS_GROUP)
         labels.attrs.update({"ome": schema.ome_labels()})
         lung = labels.create_group(LUNG, overwrite=True, attributes=names.incomplete())
-        mask = mask.astype(np.uint8, copy=False)
-        self.write_stack(lung, mask)
-        above = pyramid.levels(mask, labels=True)
-        for level, data in enumerate(above, 1):
-            self.write_stack(lung, data, name=str(level))
+        self.write_stack(lung, mask.astype(np.uint8, copy=False))
         tables.write_matrix(lung, LUNG_FEATURES, table)
-        ome = schema.ome_lung_label(f"{group.path}/{LABELS_GROUP}/{LUNG}", scale=schema.attrs_scale(dict(group.attrs)),
-                                    levels=len(above))
+        ome = schema.ome_lung_label(f"{group.path}/{LABELS_GROUP}/{LUNG}", scale=schema.attrs_scale(dict(group.attrs)))
         lung.attrs.update({"ome": ome, **names.complete(plan)})
 
     # ------------------------------------------------------------ views
