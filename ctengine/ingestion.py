@@ -73,8 +73,8 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
     written again from the sources and its result says why (``healed``).
     """
     done = task.store.completed_series(task.patient, task.series, task.plan)
-    damage = getattr(task, "heal", None)
-    if damage is None and getattr(task, "known", False):
+    damage = task.heal
+    if damage is None and task.known:
         found = health.series_damage(task.store, task.patient, task.series)
         damage = f"{found[0][0]}: {found[0][1]}" if found else None
     if done is not None and damage is None:

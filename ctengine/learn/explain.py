@@ -118,13 +118,13 @@ def explain_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
     """
     from .device import resolve_device
     from .model import load_checkpoint
-    from .predict import patient_inputs, predict_patient
+    from .predict import DECISION_SERIES, predict_series, read_patient_series
 
-    result = predict_patient(patient_dir, checkpoint=checkpoint, **predict)
-    net, _ = load_checkpoint(checkpoint, map_location=resolve_device(predict.get("device", "auto")))
-    files, inputs = patient_inputs(patient_dir, net, **{k: v for k, v in predict.items()
-                                                         if k in ("series", "spacing", "slope", "intercept")})
-    if not len(files):
+    read = read_patient_series(patient_dir, predict.pop("series", DECISION_SERIES))
+    net, _ = load_checkpoint(checkpoint, map_location=resolve_device(predict.pop("device", "auto")))
+    result, inputs = predict_series(net, read, **predict)
+    files = [row["file"] for row in result["rows"] if row["selected"]]
+    if not files:
         raise ValueError(f"no selected slice in {patient_dir}: nothing to explain")
     picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
     target = next(net.parameters()).device

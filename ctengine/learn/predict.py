@@ -158,8 +158,21 @@ def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
     from .device import resolve_device
     from .model import load_checkpoint
 
-    folder, stack, names, instances, skipped = read_patient_series(patient_dir, series)
+    read = read_patient_series(patient_dir, series)
     net, _ = load_checkpoint(checkpoint, map_location=resolve_device(device))
+    return predict_series(net, read, threshold=threshold, batch_size=batch_size, spacing=spacing, slope=slope,
+                          intercept=intercept)[0]
+
+
+def predict_series(net: Any, read: tuple, *, threshold: float = PATIENT_COVID_FRACTION, batch_size: int = 16,
+                   spacing: tuple[float, float] | None = None, slope: float = DEFAULT_SLOPE,
+                   intercept: float = DEFAULT_INTERCEPT) -> tuple[dict[str, Any], np.ndarray]:
+    """:func:`predict_patient` with a loaded network on a series :func:`read_patient_series` read.
+
+    Returns the prediction and the network inputs of the selected slices
+    (float32 HU (n, 1, y, x), in the order of the selected rows).
+    """
+    folder, stack, names, instances, skipped = read
     table, chosen, inputs = series_inputs(stack, spacing=spacing, slope=slope, intercept=intercept,
                                           lung_only=net.config["lung_only"])
     target = next(net.parameters()).device
@@ -170,15 +183,16 @@ def predict_patient(patient_dir: str | os.PathLike, *, checkpoint: str | os.Path
     fraction = covid / len(chosen) if len(chosen) else float("nan")
     keep, counts = table["selected"].to_numpy(dtype=bool), table["dark_count"].to_numpy()
     verdict = CLASS_COVID if len(chosen) and fraction >= threshold else CLASS_NORMAL
-    return {"verdict": CLASS_NAMES[verdict],
-            "series": folder.name, "slices": int(len(table)), "selected": int(len(chosen)), "covid_slices": covid,
-            "fraction": fraction, "threshold": threshold, "skipped": skipped,
-            "rows": [{"file": names[z], "instance": int(instances[z]), "selected": bool(keep[z]),
-                      "dark_count": int(counts[z]),
-                      "probability": None if np.isnan(probability[z]) else float(probability[z]),
-                      "prediction": None if np.isnan(probability[z]) else
-                      CLASS_NAMES[CLASS_COVID if probability[z] >= 0.5 else CLASS_NORMAL]}
-                     for z in range(len(table))]}
+    result = {"verdict": CLASS_NAMES[verdict],
+              "series": folder.name, "slices": int(len(table)), "selected": int(len(chosen)), "covid_slices": covid,
+              "fraction": fraction, "threshold": threshold, "skipped": skipped,
+              "rows": [{"file": names[z], "instance": int(instances[z]), "selected": bool(keep[z]),
+                        "dark_count": int(counts[z]),
+                        "probability": None if np.isnan(probability[z]) else float(probability[z]),
+                        "prediction": None if np.isnan(probability[z]) else
+                        CLASS_NAMES[CLASS_COVID if probability[z] >= 0.5 else CLASS_NORMAL]}
+                       for z in range(len(table))]}
+    return result, inputs
 
 
 def read_patient_series(patient_dir: str | os.PathLike, series: str = DECISION_SERIES
@@ -213,13 +227,3 @@ def read_patient_series(patient_dir: str | os.PathLike, series: str = DECISION_S
     order = np.argsort(instances, kind="stable")
     return (folder, np.stack([images[i] for i in order]), [names[i] for i in order],
             [int(instances[i]) for i in order], skipped)
-
-
-def patient_inputs(patient_dir: str | os.PathLike, net: Any, *, series: str = DECISION_SERIES,
-                   spacing: tuple[float, float] | None = None, slope: float = DEFAULT_SLOPE,
-                   intercept: float = DEFAULT_INTERCEPT) -> tuple[list[str], np.ndarray]:
-    """(file names, float32 HU (n, 1, y, x) network inputs) of a patient folder's selected slices, as predicted."""
-    _, stack, names, _, _ = read_patient_series(patient_dir, series)
-    _, chosen, inputs = series_inputs(stack, spacing=spacing, slope=slope, intercept=intercept,
-                                      lung_only=net.config["lung_only"])
-    return [names[i] for i in chosen], inputs

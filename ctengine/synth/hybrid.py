@@ -80,16 +80,13 @@ def insert_lesions(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     z_lungs = np.flatnonzero(lungs.any(axis=(1, 2)))
     covered = np.zeros(lungs.shape[0], bool)
     values, kinds = [], []
+    centres = {side: _centre_candidates(np.asarray(lung) == side, depth, z_lungs, lungs) for side in (1, 2)}
     for k in range(max_lesions):
         if k >= 2 and covered[z_lungs].mean() >= burden:
             break
         side = k % 2 + 1 if k < 2 else int(rng.integers(1, 3))  # bilateral first
-        candidates = (np.asarray(lung) == side) & (depth > 2.0) & (depth < 15.0)
-        if not candidates.any():
-            candidates = lungs
-        zz, yy, xx = np.nonzero(candidates)
-        weight = 1.0 + 2.0 * (yy / lungs.shape[1]) + (zz - z_lungs[0]) / max(np.ptp(z_lungs), 1)  # posterior, lower
-        i = rng.choice(len(zz), p=weight / weight.sum())
+        (zz, yy, xx), p = centres[side]
+        i = rng.choice(len(zz), p=p)
         centre = np.array([zz[i], yy[i], xx[i]], dtype=np.float64)
         consolidation = rng.random() < 0.3
         value = rng.uniform(-150.0, -20.0) if consolidation else rng.uniform(-620.0, -420.0)
@@ -110,6 +107,16 @@ def insert_lesions(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
         values.append(float(value))
         kinds.append("consolidation" if consolidation else "ground glass")
     return HybridLesions(out, truth, tuple(values), tuple(kinds))
+
+
+def _centre_candidates(side: np.ndarray, depth: np.ndarray, z_lungs: np.ndarray,
+                       lungs: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Voxels of one lung 2 to 15 mm from the pleura (any lung voxel if none) and their probabilities as
+    lesion centres: posterior and lower voxels more likely."""
+    candidates = side & (depth > 2.0) & (depth < 15.0)
+    zz, yy, xx = np.nonzero(candidates if candidates.any() else lungs)
+    weight = 1.0 + 2.0 * (yy / lungs.shape[1]) + (zz - z_lungs[0]) / max(np.ptp(z_lungs), 1)
+    return (zz, yy, xx), weight / weight.sum()
 
 
 def _ellipsoid_weight(centre: np.ndarray, radii_px: np.ndarray, shape: tuple[int, ...],
