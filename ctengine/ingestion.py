@@ -292,8 +292,10 @@ def _write_patient_groups(opened: Store, catalog: pd.DataFrame, details: pd.Data
 
 def _series_tasks(opened: Store, files: pd.DataFrame, catalog: pd.DataFrame,
                   shape: tuple[int, int]) -> list[SeriesTask]:
-    copies = files.groupby(["patient", "series", "instance"], sort=False)
-    sources = {key: list(zip(g["archive"], g["path"], g["name"])) for key, g in copies}
+    sources: dict[tuple, list[tuple]] = {}  # (patient, series, instance) -> every copy, in file order
+    for patient, series, instance, *copy in zip(files["patient"], files["series"], files["instance"],
+                                                files["archive"], files["path"], files["name"]):
+        sources.setdefault((patient, series, instance), []).append(tuple(copy))
     tasks = []
     for (patient, series), rows in catalog.groupby(["patient", "series"], sort=True):
         first = rows.iloc[0]
