@@ -28,7 +28,7 @@ COHORT_SLICES, COHORT_SERIES = 36, 6  # 2 patients x 3 series x 6 slices of 512 
 BUCKET = "ctengine-test"
 
 
-def run_cli(*args, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_cli(*args, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run ``ctengine ARGS`` in a fresh process; fail the test with its stderr on a non-zero exit."""
     result = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"ctengine {' '.join(map(str, args))}\n{result.stdout}\n{result.stderr[-4000:]}"
