@@ -17,6 +17,7 @@ import struct
 import numpy as np
 import tifffile
 
+from ._tiff_plain import copy_plain_strips
 from .constants import MAX_SLICE_PIXELS, MAX_TIFF_BYTES, RAW_DTYPE, SLICE_SHAPE
 
 
@@ -74,6 +75,45 @@ def decode_slice(data: bytes, *, shape: tuple[int, int] | None = SLICE_SHAPE) ->
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise BadSliceError(f"unreadable TIFF ({type(exc).__name__}: {exc})") from None
     return np.ascontiguousarray(image, dtype=RAW_DTYPE)
+
+
+def decode_slice_into(data: bytes | bytearray | memoryview, out: np.ndarray) -> np.ndarray:
+    """Decode a TIFF held in memory into ``out``, with the checks and refusals of :func:`decode_slice`.
+
+    A plain slice (one page, uncompressed 16-bit grayscale strips) is
+    copied straight from its strips (:mod:`ctengine._tiff_plain`); any
+    other file goes through :func:`decode_slice`. The slice's shape must be
+    ``out.shape``.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The whole file.
+    out : numpy.ndarray
+        C-contiguous uint16 (y, x) buffer; raw values, native byte order.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out``.
+
+    Raises
+    ------
+    BadSliceError
+        As :func:`decode_slice` (``out`` may then hold anything).
+
+    Examples
+    --------
+    >>> buffer = io.BytesIO()
+    >>> tifffile.imwrite(buffer, np.arange(12, dtype=np.uint16).reshape(3, 4))
+    >>> decode_slice_into(buffer.getvalue(), np.empty((3, 4), np.uint16))[1]
+    array([4, 5, 6, 7], dtype=uint16)
+    """
+    if out.dtype != RAW_DTYPE or out.ndim != 2 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous 2-D {RAW_DTYPE} array, got {out.dtype} {out.shape}")
+    if not copy_plain_strips(data, out):
+        out[...] = decode_slice(bytes(data), shape=out.shape)
+    return out
 
 
 def _check_page(page: tifffile.TiffPage, shape: tuple[int, int] | None) -> None:

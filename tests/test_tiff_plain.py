@@ -1,0 +1,99 @@
+"""The plain-strip fast path decodes exactly as tifffile and never accepts what decode_slice refuses."""
+import io
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from ctengine._tiff_plain import copy_plain_strips
+from ctengine.tiffio import BadSliceError, decode_slice, decode_slice_into
+from conftest import SMALL
+from test_tiff_structure import BASES, DAMAGES, damage, image, tiff_bytes
+
+PLAIN = [{}, {"rowsperstrip": 1}, {"rowsperstrip": 7}, {"rowsperstrip": 16}, {"byteorder": ">", "rowsperstrip": 9},
+         {"description": "CT slice", "software": "scanner", "resolution": (2.0, 2.0), "datetime": True},
+         {"photometric": "miniswhite"}, {"metadata": None}]
+
+
+def pillow_bytes(array: np.ndarray) -> bytes:
+    """A 16-bit grayscale TIFF as Pillow writes it."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def outcome(fn, data: bytes):
+    """(pixels, None) or (None, refusal reason) of a decoder."""
+    try:
+        return fn(data), None
+    except BadSliceError as exc:
+        return None, str(exc)
+
+
+@pytest.mark.parametrize("kwargs", PLAIN, ids=str)
+def test_plain_files_take_the_fast_path_bit_exact(kwargs):
+    data = tiff_bytes(image(3), **kwargs)
+    out = np.full(SMALL, 7, np.uint16)
+    assert copy_plain_strips(data, out)
+    assert np.array_equal(out, decode_slice(data, shape=SMALL))
+    assert np.array_equal(out, image(3))
+
+
+def test_a_pillow_slice_takes_the_fast_path():
+    data = pillow_bytes(image(4))
+    out = np.empty(SMALL, np.uint16)
+    assert copy_plain_strips(data, out) and np.array_equal(out, image(4))
+
+
+@pytest.mark.parametrize("kwargs", [{"compression": "zlib"}, {"tile": (32, 32)}, {"bigtiff": True},
+                                    {"compression": "zlib", "predictor": True}], ids=str)
+def test_other_files_go_to_tifffile_and_decode_the_same(kwargs):
+    data = tiff_bytes(image(5), **kwargs)
+    assert not copy_plain_strips(data, np.empty(SMALL, np.uint16))
+    assert np.array_equal(decode_slice_into(data, np.empty(SMALL, np.uint16)), image(5))
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("how", DAMAGES)
+def test_unsound_files_are_refused_with_the_same_reason(base, how):
+    data, reason = damage(tiff_bytes(image(), **BASES[base]), how)
+    assert not copy_plain_strips(data, np.empty(SMALL, np.uint16))
+    with pytest.raises(BadSliceError, match="^" + reason):
+        decode_slice_into(data, np.empty(SMALL, np.uint16))
+
+
+@pytest.mark.parametrize("data, shape", [(tiff_bytes(np.zeros((64, 32), np.uint16)), SMALL),
+                                         (tiff_bytes(image().astype(np.int16)), SMALL),
+                                         (tiff_bytes(image().astype(np.uint8)), SMALL),
+                                         (tiff_bytes(np.zeros((2, *SMALL), np.uint16)), SMALL)], ids=range(4))
+def test_wrong_kinds_are_refused_as_decode_slice_refuses_them(data, shape):
+    fast, fast_reason = outcome(lambda d: decode_slice_into(d, np.empty(shape, np.uint16)), data)
+    slow, slow_reason = outcome(lambda d: decode_slice(d, shape=shape), data)
+    assert fast is None and fast_reason == slow_reason
+
+
+@pytest.mark.parametrize("kwargs", [{"rowsperstrip": 16}, {"byteorder": ">", "rowsperstrip": 9}, {}], ids=str)
+def test_mutated_headers_are_accepted_only_when_tifffile_accepts_them_identically(kwargs):
+    """1,500 random damages of the header, IFD and tag values: the fast path is never more lenient."""
+    sound = tiff_bytes(image(6), **kwargs)
+    data_start = min(int(o) for o in tifffile.TiffFile(io.BytesIO(sound)).pages[0].dataoffsets)
+    rng = np.random.default_rng(sum(map(ord, str(kwargs))))
+    accepted = 0
+    for trial in range(1500):
+        data = bytearray(sound)
+        for _ in range(int(rng.integers(1, 4))):
+            if rng.random() < 0.1:  # truncate
+                data = data[:int(rng.integers(0, len(data)))]
+            elif len(data):
+                at = int(rng.integers(0, min(len(data), data_start + 16)))
+                data[at] = int(rng.integers(0, 256))
+        data = bytes(data)
+        out = np.empty(SMALL, np.uint16)
+        if copy_plain_strips(data, out):
+            accepted += 1
+            assert np.array_equal(out, decode_slice(data, shape=SMALL)), trial
+        fast, fast_reason = outcome(lambda d: decode_slice_into(d, np.empty(SMALL, np.uint16)), data)
+        slow, slow_reason = outcome(lambda d: decode_slice(d, shape=SMALL), data)
+        assert fast_reason == slow_reason and (fast is None or np.array_equal(fast, slow)), trial
+    assert accepted > 0  # some damages leave a sound file (a byte of a tag value nobody reads)
