@@ -18,6 +18,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable
 
+import numpy as np
+
 from .constants import MAX_TIFF_BYTES
 
 #: metadata CSVs larger than this (bytes) are refused before reading
@@ -96,6 +98,28 @@ def read_regular(path: str | os.PathLike, *, limit: int = MAX_TIFF_BYTES) -> byt
     if len(data) > limit:
         raise ValueError(f"file grew past the limit of {limit} bytes while read")
     return data
+
+
+def read_regular_into(path: str | os.PathLike, buffer: np.ndarray, *,
+                      limit: int = MAX_TIFF_BYTES) -> tuple[memoryview, np.ndarray]:
+    """The bytes of a regular file read into ``buffer`` (uint8), with the checks of :func:`read_regular`.
+
+    Reading into memory that is used again saves the page faults of a new
+    buffer per file (about 0.2 ms for a 512 KiB slice). Returns a view of
+    the file's bytes and the buffer, a larger new one when ``buffer`` was
+    too small; the view is valid until the buffer is read into again.
+    """
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise ValueError(f"file of {size} bytes exceeds the limit of {limit}")
+        if buffer.nbytes <= size:
+            buffer = np.empty(size + 1, np.uint8)
+        n = handle.readinto(memoryview(buffer))
+    if n > size:  # the file grew while read: read it whole, with the limit
+        data = read_regular(path, limit=limit)
+        return memoryview(data), buffer
+    return memoryview(buffer)[:n], buffer
 
 
 @dataclass

@@ -18,6 +18,7 @@ import hashlib
 import json
 import lzma
 import os
+import threading
 import time
 import zipfile
 import zlib
@@ -33,7 +34,7 @@ from .driver import map_series
 from .ingest_report import (SKIPPED_PREFIX, IngestReport, NothingToIngestError, count_entries, nothing_matched,
                             nothing_stored)
 from .store import Store, health, names, open_store, store_lock
-from .tiffio import BadSliceError, decode_slice, slice_checksum
+from .tiffio import BadSliceError, decode_slice_into, slice_checksum
 
 __all__ = ["IngestPlan", "IngestReport", "NothingToIngestError", "SeriesTask", "ingest", "ingest_series",
            "plan_ingest"]
@@ -98,28 +99,53 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
     return {**result, "status": "written", "bytes_raw": images.nbytes, "bytes_stored": stored}
 
 
+class _Workspace(threading.local):
+    """Memory a worker thread reads and decodes into, series after series (no page faults per file)."""
+
+    def __init__(self):
+        self.file = np.empty(0, np.uint8)
+        self.stack = np.empty(0, RAW_DTYPE)
+
+    def series(self, n: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """A (n, y, x) stack and one spare slice, views of the thread's stack memory."""
+        size = (n + 1) * shape[0] * shape[1]
+        if self.stack.size < size:
+            self.stack = np.empty(size, RAW_DTYPE)
+        both = self.stack[:size].reshape(n + 1, *shape)
+        return both[:n], both[n]
+
+
+_workspace = _Workspace()
+
+
 def _read_series(task: SeriesTask) -> tuple[list[int], np.ndarray, list[str], list[tuple[str, str]]]:
-    """Decode every copy of every instance into one stack; quarantine bad files and conflicting duplicates."""
-    stack = np.empty((len(task.instances), *task.shape), dtype=RAW_DTYPE)
+    """Decode every copy of every instance into one stack; quarantine bad files and conflicting duplicates.
+
+    The first good copy of an instance is decoded into its place in the
+    stack, further copies into a spare slice and compared by checksum. The
+    stack is the worker thread's (valid until its next series).
+    """
+    stack, spare = _workspace.series(len(task.instances), task.shape)
     instances, checksums, quarantined = [], [], []
     for instance, copies in zip(task.instances, task.copies):
         good = []
         for archive, member, name in copies:
             location = f"{archive}::{member}" if archive else member
+            target = spare if good else stack[len(instances)]
             try:
-                image = decode_slice(layout.read_source(archive, member), shape=task.shape)
+                data, _workspace.file = layout.read_source_into(archive, member, _workspace.file)
+                decode_slice_into(data, target)
             except READ_ERRORS as exc:
                 quarantined.append((location, str(exc) or type(exc).__name__))
                 continue
-            good.append((location, image, slice_checksum(image)))
-        if len({checksum for _, _, checksum in good}) > 1:
-            names = ", ".join(location for location, _, _ in good)
+            good.append((location, slice_checksum(target)))
+        if len({checksum for _, checksum in good}) > 1:
+            names = ", ".join(location for location, _ in good)
             quarantined.extend((location, f"conflict: copies of {task.patient}/{task.series}/IM{instance:05d} "
-                                          f"differ in pixels ({names})") for location, _, _ in good)
+                                          f"differ in pixels ({names})") for location, _ in good)
         elif good:
-            stack[len(instances)] = good[0][1]
             instances.append(int(instance))
-            checksums.append(good[0][2])
+            checksums.append(good[0][1])
     return instances, stack[:len(instances)], checksums, quarantined
 
 

@@ -27,7 +27,7 @@ from .constants import (DEFAULT_INTERCEPT, DEFAULT_SLOPE, GROUPS_COVID, GROUPS_N
                         MAX_TIFF_BYTES, MULTI_SEP, SERIES)
 
 __all__ = ["ARCHIVE_PART", "Scan", "SliceKey", "build_catalog", "csv_kind", "open_archive", "parse_name",
-           "read_member", "read_source", "scan", "unsafe_member"]
+           "read_member", "read_source", "read_source_into", "scan", "unsafe_member"]
 
 TREE_NAME = re.compile(r"(?:^|/)(?P<group>[A-Za-z0-9._-]+)/(?P<patient>patient\d+)/(?P<series>SR_\d+)/"
                        r"IM(?P<instance>\d+)\.tiff?$", re.IGNORECASE)
@@ -194,6 +194,16 @@ def read_source(archive: str, path: str) -> bytes:
         return entries.read_regular(path, limit=MAX_TIFF_BYTES)
     with open_archive(tuple(archive.split("+"))) as opened:
         return read_member(opened, path)
+
+
+def read_source_into(archive: str, path: str, buffer: np.ndarray) -> tuple[bytes | memoryview, np.ndarray]:
+    """As :func:`read_source`, a plain file read into ``buffer`` (see :func:`ctengine.entries.read_regular_into`).
+
+    Returns the file's bytes and the buffer to use next time.
+    """
+    if not archive:
+        return entries.read_regular_into(path, buffer, limit=MAX_TIFF_BYTES)
+    return read_source(archive, path), buffer
 
 
 # ---------------------------------------------------------------- catalog

@@ -99,7 +99,7 @@ class Store:
 
     def write_stack(self, group: zarr.Group, stack: np.ndarray, name: str = RAW) -> int:
         """Create the array ``name`` in ``group`` and write ``stack`` (z, y, x) as one shard; return bytes written."""
-        data = shard.encode_shard([shard.encode_chunk(image) for image in stack])
+        data = shard.encode_stack(stack)
         schema.create_stack_array(group, stack.shape[0], stack.shape[1:], dtype=stack.dtype, name=name)
         self.put(names.shard_key(f"{group.path}/{name}"), data)
         return len(data)
@@ -120,7 +120,7 @@ class Store:
         """Write the root attributes of a ctengine store unless they are there already."""
         attrs = schema.root_attributes()
         if {k: self.root.attrs.get(k) for k in attrs} != json.loads(json.dumps(attrs)):
-            self.root.attrs.update(attrs)
+            self.root.update_attributes(attrs)
 
     def read_table(self, name: str) -> pd.DataFrame | None:
         """A table of the root (:data:`~ctengine.store.names.CATALOG`, ...), None when absent."""
@@ -264,7 +264,7 @@ class Store:
         """Create a patient group and set its attributes unless they are there already."""
         group = self.root.require_group(patient)
         if dict(group.attrs) != attrs:
-            group.attrs.update(attrs)
+            group.update_attributes(attrs)
 
     def completed_series(self, patient: str, series: str, plan: str) -> dict[str, Any] | None:
         """The attributes of a series when it is complete for ``plan``, else None."""
@@ -280,7 +280,7 @@ class Store:
 
     def finish_series(self, group: zarr.Group, attrs: dict[str, Any], plan: str) -> None:
         """Set a series' attributes and OME-Zarr metadata, and mark it complete for ``plan``."""
-        group.attrs.update({**attrs, "ome": self._ome(group.path, attrs), **names.complete(plan)})
+        group.update_attributes({**attrs, "ome": self._ome(group.path, attrs), **names.complete(plan)})
 
     @staticmethod
     def _ome(path: str, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -307,7 +307,7 @@ class Store:
         :mod:`ctengine.store.replace`); return the shard's bytes.
         """
         path = names.series_path(patient, series)
-        data = shard.encode_shard([shard.encode_chunk(image) for image in stack])
+        data = shard.encode_stack(stack)
 
         def build(root: zarr.Group) -> None:
             group = root.create_group(path, attributes=names.incomplete())
@@ -335,12 +335,12 @@ class Store:
         """Store a series' lung mask (OME-Zarr label) and per-slice features, then mark them complete."""
         group = self.series_group(patient, series)
         labels = group.require_group(LABELS_GROUP)
-        labels.attrs.update({"ome": schema.ome_labels()})
+        labels.update_attributes({"ome": schema.ome_labels()})
         lung = labels.create_group(LUNG, overwrite=True, attributes=names.incomplete())
         self.write_stack(lung, mask.astype(np.uint8, copy=False))
         tables.write_matrix(lung, LUNG_FEATURES, table)
         ome = schema.ome_lung_label(f"{group.path}/{LABELS_GROUP}/{LUNG}", scale=schema.attrs_scale(dict(group.attrs)))
-        lung.attrs.update({"ome": ome, **names.complete(plan)})
+        lung.update_attributes({"ome": ome, **names.complete(plan)})
 
     # ------------------------------------------------------------ views
 

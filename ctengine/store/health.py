@@ -97,4 +97,4 @@ def damaged_series(store: Store) -> dict[str, str]:
 def record_damaged(store: Store, damaged: dict[str, str]) -> None:
     """Record the damaged series in the root attributes (written only when they change)."""
     if damaged_series(store) != damaged:
-        store.root.attrs.update({names.DAMAGED: dict(sorted(damaged.items()))})
+        store.root.update_attributes({names.DAMAGED: dict(sorted(damaged.items()))})

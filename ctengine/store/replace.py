@@ -45,7 +45,7 @@ def group_objects(path: str, build: Callable[[zarr.Group], None]) -> dict[str, b
     return objects
 
 
-def write_file(path: str, data: bytes) -> None:
+def write_file(path: str, data: bytes | memoryview) -> None:
     """Write one local file (the single place local store objects are written, so tests can fail it)."""
     with open(path, "wb") as handle:
         handle.write(data)
@@ -60,7 +60,7 @@ def _exchange(a: str, b: str) -> bool:
     return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-def replace_local(base: str, path: str, objects: dict[str, bytes]) -> None:
+def replace_local(base: str, path: str, objects: dict[str, bytes | memoryview]) -> None:
     """Write ``objects`` into a temporary folder beside the store and swap it in as ``base/path``.
 
     On any error (a full disk) the temporary folder is removed and the old
@@ -95,13 +95,13 @@ def _remove(tmp: str, partial: str) -> None:
         pass
 
 
-def replace_remote(fs: fsspec.AbstractFileSystem, base: str, path: str, objects: dict[str, bytes]) -> None:
+def replace_remote(fs: fsspec.AbstractFileSystem, base: str, path: str, objects: dict[str, bytes | memoryview]) -> None:
     """Write ``objects`` under ``base/path`` in order: the data, then the group's ``zarr.json`` last."""
     for key, data in objects.items():
-        fs.pipe_file(f"{base}/{path}/{key}", data)
+        fs.pipe_file(f"{base}/{path}/{key}", bytes(data))
 
 
-def replace_group(fs: fsspec.AbstractFileSystem, base: str, path: str, objects: dict[str, bytes], *,
+def replace_group(fs: fsspec.AbstractFileSystem, base: str, path: str, objects: dict[str, bytes | memoryview], *,
                   local: bool) -> None:
     """Replace the group at ``path`` of the store at ``base`` by ``objects`` (see the module)."""
     if local:
