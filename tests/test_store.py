@@ -50,11 +50,10 @@ def test_a_writable_handle_stores_a_series_that_plain_zarr_reads(tmp_path):
     store = open_store(tmp_path / "s.zarr", mode="a")
     store.initialise()
     stack = np.arange(3 * 8 * 8, dtype="<u2").reshape(3, 8, 8)
-    group = store.begin_series("patient1", "SR_2")
+    store.begin_series("patient1", "SR_2")
     assert store.completed_series("patient1", "SR_2", "plan") is None
-    store.write_stack(group, stack)
-    store.finish_series(group, {"intercept": 0.0, "slope": 1.0, "spacing_mm": [0.5, 0.5], "instances": [1, 2, 3]},
-                         "plan")
+    store.write_series("patient1", "SR_2", stack, {"intercept": 0.0, "slope": 1.0, "spacing_mm": [0.5, 0.5],
+                                                   "instances": [1, 2, 3]}, "plan")
     assert store.completed_series("patient1", "SR_2", "plan") is not None
     np.testing.assert_array_equal(zarr.open_group(tmp_path / "s.zarr", mode="r")["patient1/SR_2/0"][:], stack)
     reopened = pickle.loads(pickle.dumps(open_store(tmp_path / "s.zarr")))

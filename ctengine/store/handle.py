@@ -76,7 +76,7 @@ class Store:
 
     # ------------------------------------------------------------ objects
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | memoryview) -> None:
         """Write one object under the store (atomically on local disks: temporary file and rename)."""
         path = f"{self.base}/{key}"
         if is_local(self.fs):
@@ -86,7 +86,7 @@ class Store:
                 handle.write(data)
             os.replace(tmp, path)
         else:
-            self.fs.pipe_file(path, data)
+            self.fs.pipe_file(path, bytes(data))
 
     def shard_path(self, patient: str, series: str, array: str = RAW) -> str:
         """Path on :attr:`fs` of the shard of ``array`` (:data:`RAW` or :data:`LUNG_ARRAY`) of a series."""
@@ -96,13 +96,6 @@ class Store:
     def local(self) -> bool:
         """Whether the store is on a local disk."""
         return is_local(self.fs)
-
-    def write_stack(self, group: zarr.Group, stack: np.ndarray, name: str = RAW) -> int:
-        """Create the array ``name`` in ``group`` and write ``stack`` (z, y, x) as one shard; return bytes written."""
-        data = shard.encode_stack(stack)
-        schema.create_stack_array(group, stack.shape[0], stack.shape[1:], dtype=stack.dtype, name=name)
-        self.put(names.shard_key(f"{group.path}/{name}"), data)
-        return len(data)
 
     def read_stack(self, array: zarr.Array) -> np.ndarray:
         """Read a whole single-shard stack at codec speed (one object read, C decoding)."""
@@ -332,15 +325,35 @@ class Store:
         return None
 
     def write_lung(self, patient: str, series: str, mask: np.ndarray, table: pd.DataFrame, plan: str) -> None:
-        """Store a series' lung mask (OME-Zarr label) and per-slice features, then mark them complete."""
-        group = self.series_group(patient, series)
-        labels = group.require_group(LABELS_GROUP)
-        labels.update_attributes({"ome": schema.ome_labels()})
-        lung = labels.create_group(LUNG, overwrite=True, attributes=names.incomplete())
-        self.write_stack(lung, mask.astype(np.uint8, copy=False))
-        tables.write_matrix(lung, LUNG_FEATURES, table)
-        ome = schema.ome_lung_label(f"{group.path}/{LABELS_GROUP}/{LUNG}", scale=schema.attrs_scale(dict(group.attrs)))
-        lung.update_attributes({"ome": ome, **names.complete(plan)})
+        """Store a series' lung mask (OME-Zarr label) and per-slice features, marked complete, in place of the old.
+
+        The label group is built whole and swapped in (see
+        :mod:`ctengine.store.replace`), so a failed write keeps the old label.
+        """
+        series_path = names.series_path(patient, series)
+        self._ensure_group(f"{series_path}/{LABELS_GROUP}", {"ome": schema.ome_labels()})
+        path = f"{series_path}/{LABELS_GROUP}/{LUNG}"
+        ome = schema.ome_lung_label(path, scale=schema.attrs_scale(self.series_attrs(patient, series)))
+        mask = mask.astype(np.uint8, copy=False)
+
+        def build(root: zarr.Group) -> None:
+            lung = root.create_group(path, attributes={"ome": ome, **names.complete(plan)})
+            schema.create_stack_array(lung, mask.shape[0], mask.shape[1:], dtype=mask.dtype)
+            tables.write_matrix(lung, LUNG_FEATURES, table)
+
+        objects = {names.shard_key(RAW): shard.encode_stack(mask), **replace.group_objects(path, build)}
+        replace.replace_group(self.fs, self.base, path, objects, local=self.local)
+
+    def _ensure_group(self, path: str, attrs: dict[str, Any]) -> None:
+        """Write the ``zarr.json`` of the group at ``path`` unless it holds these attributes already."""
+        key = f"{path}/zarr.json"
+        try:
+            found = json.loads(self.fs.cat_file(f"{self.base}/{key}")).get("attributes")
+        except (FileNotFoundError, ValueError):  # missing or unreadable: written below
+            found = None
+        if found != json.loads(json.dumps(attrs)):
+            document = replace.group_objects(path, lambda root: root.create_group(path, attributes=attrs))
+            self.put(key, document["zarr.json"])
 
     # ------------------------------------------------------------ views
 
