@@ -83,7 +83,8 @@ def main(debug) -> None:
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--patients", type=click.IntRange(min=1), default=None, help="Number of patients (default 12).")
+@click.option("--patients", type=click.IntRange(min=1), default=None,
+              help="Number of patients (default 12; with --base, per base scan: default 2).")
 @click.option("--slices-per-series", type=click.IntRange(min=1), default=None,
               help="Slices in every series (default: from thickness).")
 @click.option("--like", type=click.Choice(["covid-ctset"]), default=None,
@@ -92,23 +93,26 @@ def main(debug) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--flat", is_flag=True, help="Also write the flat Training&Validation layout.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: one per core).")
-@click.option("--base", type=click.Path(exists=True), default=None,
-              help="A real chest CT (NIfTI, NRRD or DICOM folder): patients made from it, lesions inserted in "
-                   "half of them, truth in OUT/truth.zarr.")
-def synth(out, patients, slices_per_series, like, fraction, seed, flat, workers, base) -> None:
+@click.option("--base", "bases", multiple=True, type=click.Path(exists=True),
+              help="A real chest CT (NIfTI, NRRD or DICOM folder), repeatable: --patients patients made from each, "
+                   "lesions inserted in half of them at faint, medium and heavy severity, truth in OUT/truth.zarr.")
+def synth(out, patients, slices_per_series, like, fraction, seed, flat, workers, bases) -> None:
     """Write a synthetic cohort in the exact COVID-CTset layout to OUT."""
     from .synth import write_cohort
 
     if like and patients:
         raise click.UsageError("give --patients or --like, not both")
-    if base:
-        if like or flat or slices_per_series:
-            raise click.UsageError("--base takes --patients and --seed only")
-        from .synth.hybrid import write_hybrid
+    if bases:
+        if like or flat or slices_per_series or workers:
+            raise click.UsageError("--base takes --patients (per base) and --seed only")
+        from .synth.hybrid_cohort import write_hybrid_cohort
 
-        rows = write_hybrid(base, out, patients=patients or 2, seed=seed)
-        click.echo(f"wrote {len(rows)} patients from {base} ({int(rows['covid'].sum())} with "
-                   f"{int(rows['lesion_voxels'].sum())} lesion voxels) to {out}")
+        rows = write_hybrid_cohort(bases, out, patients_per_base=patients or 2, seed=seed)
+        covid = rows[rows["covid"]]
+        severities = ", ".join(f"{n} {name}" for name, n in covid["severity"].value_counts(sort=False).items())
+        click.echo(f"wrote {len(rows)} patients from {len(bases)} base scan(s) to {out}: {len(covid)} with "
+                   f"lesions ({severities}; {int(covid['lesion_voxels'].sum())} lesion voxels), "
+                   f"{len(rows) - len(covid)} without")
         return
     summary = write_cohort(out, patients=None if like else (patients or 12), slices_per_series=slices_per_series,
                            like=like, fraction=fraction, seed=seed, flat=flat, workers=workers)

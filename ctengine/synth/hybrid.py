@@ -6,11 +6,9 @@ irregularity), into the lungs of a real HU volume: bilateral, centred within
 a few mm of the pleura (so many touch it), posterior and lower lobes more
 often, clipped to the lungs. A lesion's HU is its mean plus a smooth texture
 plus the base scan's own high-pass residual, so it carries the base scan's
-noise. ``write_hybrid`` writes COVID-CTset-layout patients from one base
-volume (512 x 512, raw = HU + 1024, 0 outside the field of view, three
-series of different thickness by averaging 1, 2 or 3 base slices along z)
-with the exact lesion masks, and the lung masks of the base scan, in
-``truth.zarr``.
+noise. ``read_base`` reads a base scan and ``to_slice_shape`` resamples it
+in-plane; :mod:`ctengine.synth.hybrid_cohort` writes COVID-CTset-layout
+cohorts from one or more base scans with the exact lesion masks.
 """
 from __future__ import annotations
 
@@ -19,19 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
 from ..constants import SLICE_SHAPE
-from ..volumes import hu_to_raw
-from ._io import write_group_json, write_mask_array, write_tiff
 
-__all__ = ["HybridLesions", "insert_lesions", "read_base", "write_hybrid"]
+__all__ = ["HybridLesions", "insert_lesions", "read_base", "to_slice_shape"]
 
 #: HU below which a base voxel is outside the field of view (stored as raw 0)
 OUTSIDE_HU = -2000.0
-#: the three series of a hybrid patient: (name, base slices averaged per slice, kernel); thickness = n x base spacing
-SERIES = (("SR_2", 2, "B70s"), ("SR_3", 1, "B35s"), ("SR_4", 3, "B70s"))
 
 
 @dataclass(frozen=True)
@@ -171,77 +164,3 @@ def to_slice_shape(hu: np.ndarray, spacing: tuple[float, float, float],
     fy, fx = shape[0] / hu.shape[1], shape[1] / hu.shape[2]
     out = ndimage.zoom(hu, (1.0, fy, fx), order=1, grid_mode=True, mode="nearest")
     return out.astype(np.float32), (spacing[0], spacing[1] / fy, spacing[2] / fx)
-
-
-def thick_slices(volume: np.ndarray, n: int, *, reduce: str = "mean") -> np.ndarray:
-    """Slabs of ``n`` consecutive slices: their mean (HU) or a more-than-half vote (masks)."""
-    slabs = len(volume) // n
-    blocks = volume[: slabs * n].reshape(slabs, n, *volume.shape[1:])
-    if reduce == "mean":
-        return blocks.mean(axis=1, dtype=np.float64)
-    return blocks.mean(axis=1) > 0.5 if n > 1 else blocks[:, 0].astype(bool)
-
-
-def _thick_labels(labels: np.ndarray, n: int) -> np.ndarray:
-    """Lung labels (1 right, 2 left) of slabs of ``n`` slices: a label where over half the slab has it."""
-    right, left = (thick_slices(labels == k, n, reduce="vote") for k in (1, 2))
-    return np.where(right, 1, np.where(left, 2, 0)).astype(np.uint8)
-
-
-def write_hybrid(base: str | os.PathLike, out: str | os.PathLike, *, patients: int = 2, seed: int = 0,
-                 covid_fraction: float = 0.5, burden: float = 0.35,
-                 shape: tuple[int, int] = SLICE_SHAPE) -> pd.DataFrame:
-    """Write COVID-CTset-layout patients made from one real base scan; return one row per patient.
-
-    Every patient gets the base anatomy; ``covid_fraction`` of them (at least one when > 0) get lesions
-    (seeded per patient, so severities differ). Layout as ``write_cohort``: ``COVID-CTset/<group>/
-    <patientN>/<SR_k>/IMnnnnn.tif``, ``Patient_details.csv``, ``Patients_metadata.csv`` and
-    ``truth.zarr/<patient>/<series>/{lung,lesion}``.
-    """
-    from ..kernels import lung_mask
-
-    hu, spacing = read_base(base)
-    hu, spacing = to_slice_shape(hu, spacing, shape)
-    outside = hu <= OUTSIDE_HU
-    raw = hu_to_raw(hu, outside_hu=OUTSIDE_HU)
-    lung = lung_mask(raw, spacing=spacing[1:])
-    out = Path(out)
-    n_covid = int(np.ceil(covid_fraction * patients)) if covid_fraction > 0 else 0
-    rows, details, meta = [], [], []
-    write_group_json(out / "truth.zarr", {"ctengine": {"synthetic_truth": True, "seed": seed, "base": str(base)}})
-    for p in range(patients):
-        pid, covid = f"patient{p + 1}", p < n_covid
-        if covid:
-            painted = insert_lesions(hu, lung, spacing, seed=seed * 1000 + p, burden=burden * (0.5 + p / patients))
-            vol, lesion = painted.hu, painted.lesion
-        else:
-            vol, lesion = hu, np.zeros(hu.shape, bool)
-        group = "covid1" if covid else "normal1"
-        write_group_json(out / "truth.zarr" / pid, {"covid": covid, "groups": [group], "base": str(base)})
-        for series, n, kernel in SERIES:
-            thickness = n * spacing[0]
-            slab_hu = thick_slices(np.where(outside, -3024.0, vol), n)
-            slab_raw = hu_to_raw(slab_hu, outside_hu=OUTSIDE_HU)
-            folder = out / "COVID-CTset" / group / pid / series
-            folder.mkdir(parents=True, exist_ok=True)
-            for z, image in enumerate(slab_raw, 1):
-                write_tiff(folder / f"IM{z:05d}.tif", image)
-            truth = out / "truth.zarr" / pid / series
-            write_group_json(truth, {"thickness_mm": thickness, "spacing_mm": list(spacing[1:])})
-            write_mask_array(truth / "lung", _thick_labels(lung, n), attributes={
-                "values": {"0": "background", "1": "right lung", "2": "left lung"},
-                "source": "ctengine lung_mask of the base scan (no hand-drawn truth)"})
-            write_mask_array(truth / "lesion", thick_slices(lesion, n, reduce="vote")
-                             .astype(np.uint8), attributes={"values": {"0": "none", "1": "inserted lesion"}})
-        details.append({"Patient ID": pid, "SEX": "", "AGE": "", "Date": "",
-                        "COVID-19 Infection": "Positive" if covid else "Negative",
-                        **{f"{s} Folder thickness(mm)": n * spacing[0] for s, n, _ in SERIES}})
-        meta.append({"Patient ID": pid, **{f"{s} {k}": v for s, n, kernel in SERIES for k, v in (
-            ("PixelSpacing", f"[{spacing[1]:.6f}, {spacing[2]:.6f}]"), ("SliceThickness", n * spacing[0]),
-            ("ConvolutionKernel", kernel), ("RescaleIntercept", -1024), ("RescaleSlope", 1),
-            ("Rows", shape[0]), ("Columns", shape[1]))}})
-        rows.append({"patient": pid, "covid": covid, "lesion_voxels": int(lesion.sum()),
-                     "lung_voxels": int((lung > 0).sum())})
-    pd.DataFrame(details).to_csv(out / "Patient_details.csv", index=False)
-    pd.DataFrame(meta).to_csv(out / "Patients_metadata.csv", index=False)
-    return pd.DataFrame(rows)

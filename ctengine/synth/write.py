@@ -236,8 +236,9 @@ def _normal_slices(p: PatientPlan, lung_px: np.ndarray, rng: np.random.Generator
     return chosen
 
 
-def _labels(plan: CohortPlan, stats: dict) -> pd.DataFrame:
-    """all.csv rows (filename, class) plus patient, group, series and instance columns."""
+def _labels(plan: CohortPlan, stats: dict, *, normal_series: tuple[str, ...] = ("SR_2",)) -> pd.DataFrame:
+    """all.csv rows (filename, class) plus patient, group, series and instance columns; a normal patient's
+    slices are labelled in ``normal_series`` (SR_2 only, as in the real data)."""
     rows = []
     for p in plan.patients:
         rng = np.random.default_rng([plan.seed, 17, zlib.crc32(p.patient.encode())])
@@ -245,7 +246,7 @@ def _labels(plan: CohortPlan, stats: dict) -> pd.DataFrame:
             st = stats[(p.patient, s.series)]
             if p.covid:
                 idx = np.flatnonzero(st["lesion_px"] > 0)
-            elif s.series == "SR_2":
+            elif s.series in normal_series:
                 idx = _normal_slices(p, st["lung_px"], rng)
             else:
                 continue
