@@ -1,6 +1,8 @@
 """COVID-like series from real chest CTs (LIDC-IDRI-0001, CC BY 3.0; 3D Slicer's CTChest, MIT): lesions with
-exact truth in real lungs, and a hybrid cohort from both."""
+exact truth in real lungs, a hybrid cohort from both, and the hybrid benchmark."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -166,3 +168,18 @@ def test_cli_synth_takes_two_bases(tmp_path, small_lidc):
 def test_cli_synth_base_refuses_phantom_options(tmp_path):
     result = CliRunner().invoke(main, ["synth", str(tmp_path / "o"), "--base", str(SLICER), "--flat"])
     assert result.exit_code == 2 and "--base takes --patients" in result.output
+
+
+def test_bench_hybrid_quick_writes_its_json(tmp_path, client):
+    result = CliRunner().invoke(main, ["bench", "hybrid", "--quick", "--workdir", str(tmp_path / "work"),
+                                       "--out", str(tmp_path / "out"), "--scheduler", client.scheduler.address])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    data = json.loads((tmp_path / "out" / "hybrid.json").read_text())
+    assert data["quick"] is True and data["sizes"]["epochs"] == 1
+    assert [p["base"] for p in data["cohort"]] == ["cxr.nii.gz"] * 2 + ["CTChest4.nrrd"] * 2
+    for variant in ("hybrid", "phantom", "transfer"):
+        fold = data[variant]["folds"][0]
+        assert fold["fold"] == 1 and 0.0 <= fold["accuracy"] <= 1.0 and fold["images"] > 0
+    tested = data["hybrid"]["folds"][0]["patients"]
+    assert tested and all(p["decision"] in ("covid", "normal") and p["base"] for p in tested)
+    assert data["hybrid"]["patients_correct"] + data["hybrid"]["patients_wrong"] == len(tested)

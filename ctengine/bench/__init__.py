@@ -18,7 +18,8 @@ from types import ModuleType
 from typing import Any, Callable, Iterable
 
 #: name -> module, imported when used
-BENCHMARKS = {name: f"{__name__}.{name}" for name in ("ingest", "kernels", "loader", "training", "scaling")}
+BENCHMARKS = {name: f"{__name__}.{name}" for name in ("ingest", "kernels", "loader", "training", "hybrid",
+                                                        "scaling")}
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 COLUMNS = ("benchmark", "headline ratio", "ctengine slices/s", "baseline slices/s", "machine", "date")
 
