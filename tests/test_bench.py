@@ -145,6 +145,10 @@ def test_full_tiny_run(client, tmp_path):
     assert result["disk"]["sidecar_bytes"] > 0 and not result["tiffs_kept"]
     assert not (tmp_path / "src").exists() and (tmp_path / "store.zarr").is_dir()
     assert full.throughput(result)[0] > 0
+    rates = result["disk_rates"]
+    assert rates["read_bytes_per_s"] > 0 and rates["write_bytes_per_s"] > 0 and rates["sample_bytes"] > 0
+    assert not (tmp_path / "_disk_rate.bin").exists()
+    assert full.ratios(result)["full ingest / disk-bound time"] == result["ingest_vs_disk_bound"] > 0
 
 
 def test_bench_writes_its_own_folder_and_records_only_when_asked(tmp_path, monkeypatch):
