@@ -29,6 +29,7 @@ class ChunkReader:
         self._index: dict[str, np.ndarray] = {}
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._frames = threading.local()
 
     def index(self, patient: str, series: str, n_slices: int, array: str = names.RAW) -> np.ndarray:
         """The (offset, nbytes) table of the shard of ``array`` (a path inside the series), read once."""
@@ -42,13 +43,17 @@ class ChunkReader:
             self._index[path] = shard.shard_index(tail, n_slices)
         return self._index[path]
 
-    def _read(self, path: str, start: int, end: int | None) -> bytes:
-        if not self._local:
-            return self.store.fs.cat_file(path, start=start, end=end)
+    def _fd(self, path: str) -> int:
         with self._lock:
             fd = self._fds.get(path)
             if fd is None:
                 fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
+    def _read(self, path: str, start: int, end: int | None) -> bytes:
+        if not self._local:
+            return self.store.fs.cat_file(path, start=start, end=end)
+        fd = self._fd(path)
         if start < 0:
             size = os.fstat(fd).st_size
             start, end = size + start, size if end is None else end
@@ -59,7 +64,16 @@ class ChunkReader:
         """Decompress slice ``z`` of ``array`` straight into ``out`` (C-contiguous (y, x) of its dtype)."""
         offset, nbytes = (int(v) for v in self.index(patient, series, n_slices, array)[z])
         path = self.store.shard_path(patient, series, array)
-        shard.decode_chunk_into(self._read(path, offset, offset + nbytes), out)
+        if not self._local:
+            shard.decode_chunk_into(self._read(path, offset, offset + nbytes), out)
+            return
+        frame = getattr(self._frames, "buffer", None)  # the compressed chunk, read into memory used again
+        if frame is None or frame.nbytes < nbytes:
+            frame = self._frames.buffer = np.empty(max(nbytes, out.nbytes + 64), np.uint8)
+        view = memoryview(frame)[:nbytes]
+        if os.preadv(self._fd(path), [view], offset) != nbytes:
+            raise OSError(f"{path}: short read of the chunk of slice {z}")
+        shard.decode_chunk_into(view, out)
 
     def close(self) -> None:
         """Close the file descriptors of a local store."""
