@@ -85,7 +85,7 @@ def _read_ifd(data, order: str) -> tuple[dict[int, tuple[int, ...]], list[tuple[
             if where + nbytes > n:
                 return None
             foreign.append((where, where + nbytes))
-        if kind in (3, 4) and items:
+        if kind in (3, 4) and items and code in _READ:
             fmt = f"{order}{items}{'H' if kind == 3 else 'I'}"
             values[code] = struct.unpack_from(fmt, data, where) if nbytes > 4 else struct.unpack_from(fmt, inline)
         else:
