@@ -134,9 +134,38 @@ def _cudasim_main(src: str, dst: str) -> None:
     _stats_gpu._HIST_THREADS, _stats_gpu._MAX_BLOCKS_PER_SLICE, _stats_gpu._THREADS = 32, 3, 32
     # simulated threads wait on each other (barriers, atomics): hand the GIL over often
     sys.setswitchinterval(1e-4)
+    _lock_shared_arrays()
     kind, cases = pickle.loads(Path(src).read_bytes())
     out = {name: _SIM_RUNNERS[kind](**case) for name, case in cases.items()}
     Path(dst).write_bytes(pickle.dumps(out))
+
+
+def _lock_shared_arrays() -> None:
+    """Make the simulator's ``cuda.shared.array`` safe for simulated threads.
+
+    ``FakeCUDAShared.array`` looks its array up by the caller's line and creates it when missing,
+    without a lock: two threads switching in between get two arrays, and a block-wide reduction over
+    "shared" memory then adds up the wrong values. This is the same lookup under a lock.
+    """
+    import threading
+    import traceback
+
+    from numba.cuda.simulator import kernelapi
+
+    lock, unsafe = threading.Lock(), kernelapi.FakeCUDAShared.array
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory needs no lookup; alignment is refused
+            return unsafe(self, shape, dtype, alignment)
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        caller = tuple(traceback.extract_stack(sys._getframe(1), limit=1)[-1])[0:2]
+        with lock:
+            if caller not in self._allocations:
+                self._allocations[caller] = np.empty(shape, dtype)
+            return self._allocations[caller]
+
+    kernelapi.FakeCUDAShared.array = array
 
 
 def _sim_normalize(x: np.ndarray, mode: str, opts: dict[str, Any]) -> np.ndarray:
