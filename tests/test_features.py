@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -32,6 +33,45 @@ def test_masks_are_ome_zarr_labels_readable_with_plain_zarr(store):
     assert lung.shape == raw.shape and lung.dtype == np.uint8 and set(np.unique(lung[:])) <= {0, 1, 2}
     assert root["patient1/SR_2/labels"].attrs["ome"]["labels"] == ["lung"]
     ImageLabel.from_zarr(root["patient1/SR_2/labels/lung"])
+
+
+def test_ome_zarr_readers_see_the_scale_the_lung_window_and_the_named_labels(store):
+    """ome-zarr-py (napari's reader) and ngff-zarr open a series and its lung label as written."""
+    from ctengine.constants import LUNG_WINDOW_HU
+    from ctengine.store import names
+
+    opened = ctengine.open_store(store)
+    attrs = opened.series_attrs("patient1", "SR_2")
+    scale = [names.thickness(attrs), *names.spacing(attrs)]
+    slope, intercept = names.rescale(attrs)
+    centre, width = LUNG_WINDOW_HU
+    window = [(centre - width / 2 - intercept) / slope, (centre + width / 2 - intercept) / slope]  # stored units
+    raw, lung = opened.raw("patient1", "SR_2")[:], opened.lung_mask("patient1", "SR_2")[:]
+    series = store / "patient1" / "SR_2"
+    with dask.config.set(scheduler="synchronous"):  # the readers' lazy arrays, read here and not on the cluster
+        _check_readers(series, scale, window, raw, lung)
+
+
+def _check_readers(series, scale, window, raw, lung):
+    import ngff_zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    image, _, label = list(Reader(parse_url(str(series)))())
+    assert [tuple(d.shape) for d in image.data] == [raw.shape]
+    assert image.metadata["coordinateTransformations"][0][0]["scale"] == scale
+    assert [a["unit"] for a in image.metadata["axes"]] == ["millimeter"] * 3
+    assert image.metadata["contrast_limits"] == [window]
+    assert label.metadata["properties"] == {1: {"name": "right lung"}, 2: {"name": "left lung"}}
+    np.testing.assert_array_equal(np.asarray(label.data[0]), lung)
+
+    multiscales = ngff_zarr.from_ngff_zarr(str(series))
+    assert len(multiscales.images) == 1 and multiscales.images[0].scale == dict(zip("zyx", scale))
+    np.testing.assert_array_equal(multiscales.images[0].data.compute(), raw)
+    shown = multiscales.metadata.omero.channels[0].window
+    assert [shown.start, shown.end] == window
+    labels = ngff_zarr.from_ngff_zarr(str(series / "labels" / "lung"))
+    np.testing.assert_array_equal(labels.images[0].data.compute(), lung)
 
 
 def test_masks_match_the_phantom_truth(store):
