@@ -25,8 +25,11 @@ from .constants import MAX_SLICE_PIXELS, MAX_TIFF_BYTES
 
 #: bytes per value of each TIFF field type (classic TIFF)
 _TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
-#: tags whose presence sends a file to tifffile: tiles, SubIFDs, image depth (volumes)
-_NOT_PLAIN = frozenset({322, 323, 324, 325, 330, 32997, 32998})
+#: tags whose presence sends a file to tifffile: tiles, SubIFDs, YCbCr subsampling, image depth (volumes),
+#: Zeiss LSM information (tifffile then reads the file as LSM)
+_NOT_PLAIN = frozenset({322, 323, 324, 325, 330, 530, 32997, 32998, 34412})
+#: tags in an IFD above which tifffile refuses a file as suspicious
+_MAX_TAGS = 4096
 #: tags that must be absent or hold 1: SamplesPerPixel, PlanarConfiguration, Predictor, SampleFormat,
 #: FillOrder, Compression
 _MUST_BE_ONE = (277, 284, 317, 339, 266, 259)
@@ -70,7 +73,7 @@ def _read_ifd(data, order: str) -> tuple[dict[int, tuple[int, ...]], list[tuple[
         return None
     (count,) = struct.unpack_from(f"{order}H", data, ifd)
     end = ifd + 2 + 12 * count + 4
-    if count == 0 or end > n or struct.unpack_from(f"{order}I", data, end - 4)[0] != 0:
+    if count == 0 or count > _MAX_TAGS or end > n or struct.unpack_from(f"{order}I", data, end - 4)[0] != 0:
         return None
     values: dict[int, tuple[int, ...]] = {}
     foreign = [(ifd, end)]
@@ -82,7 +85,7 @@ def _read_ifd(data, order: str) -> tuple[dict[int, tuple[int, ...]], list[tuple[
         nbytes = size * items
         if nbytes > 4:
             (where,) = struct.unpack_from(f"{order}I", inline)
-            if where + nbytes > n:
+            if where < _HEADER or where + nbytes > n:  # tifffile ignores a tag whose values are in the header
                 return None
             foreign.append((where, where + nbytes))
         if kind in (3, 4) and items and code in _READ:

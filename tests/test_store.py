@@ -71,3 +71,29 @@ def test_reading_refuses_a_foreign_group(tmp_path):
         open_store(tmp_path / "other.zarr")
     with pytest.raises(ValueError, match="mode must be"):
         open_store(tmp_path / "other.zarr", mode="w")
+
+
+def test_a_chunk_missing_from_the_shard_index_is_named_not_allocated(tmp_path):
+    """A chunk the index marks missing (nbytes 2**64 - 1) or damaged is refused with its slice and a hint."""
+    from ctengine.store import names
+    from ctengine.store.chunks import ChunkReader
+
+    store = open_store(tmp_path / "s.zarr", mode="a")
+    store.initialise()
+    stack = np.arange(3 * 8 * 8, dtype="<u2").reshape(3, 8, 8)
+    store.write_series("patient1", "SR_2", stack, {"instances": [1, 2, 3]}, "plan")
+    path = store.shard_path("patient1", "SR_2")
+    data = bytearray(open(path, "rb").read())
+    index = np.frombuffer(data[-names.shard_index_nbytes(3):-4], dtype="<u8").reshape(3, 2).copy()
+    index[1] = 2**64 - 1  # slice 1: the sharding codec's "missing chunk"
+    data[-names.shard_index_nbytes(3):-4] = index.tobytes()
+    import google_crc32c
+    data[-4:] = np.uint32(google_crc32c.value(index.tobytes())).astype("<u4").tobytes()
+    open(path, "wb").write(bytes(data))
+    reader = ChunkReader(open_store(tmp_path / "s.zarr"))
+    out = np.empty((8, 8), np.uint16)
+    reader.read_into("patient1", "SR_2", 0, 3, out)
+    np.testing.assert_array_equal(out, stack[0])
+    with pytest.raises(ValueError, match=r"slice z=1 of patient1/SR_2/0 is missing or its index is damaged"):
+        reader.read_into("patient1", "SR_2", 1, 3, out)
+    reader.close()

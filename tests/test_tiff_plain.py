@@ -1,5 +1,6 @@
 """The plain-strip fast path decodes exactly as tifffile and never accepts what decode_slice refuses."""
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -97,3 +98,46 @@ def test_mutated_headers_are_accepted_only_when_tifffile_accepts_them_identicall
         slow, slow_reason = outcome(lambda d: decode_slice(d, shape=SMALL), data)
         assert fast_reason == slow_reason and (fast is None or np.array_equal(fast, slow)), trial
     assert accepted > 0  # some damages leave a sound file (a byte of a tag value nobody reads)
+
+
+def _with_tag(array: np.ndarray, code: int, dtype: str, count: int, value) -> bytes:
+    return tiff_bytes(array, extratags=[(code, dtype, count, value, False)])
+
+
+@pytest.mark.parametrize("data", [
+    _with_tag(image(7), 34412, "B", 8, b"\x00" * 8),          # Zeiss LSM information: tifffile reads it as LSM
+    _with_tag(image(7), 530, "H", 2, (2, 2)),                  # YCbCr chroma subsampling
+    tiff_bytes(image(7), extratags=[(65000 - k, "H", 1, k, False) for k in range(4090)]),  # over 4,096 tags
+], ids=["lsm", "ycbcr_subsampling", "too_many_tags"])
+def test_files_tifffile_reads_otherwise_go_to_tifffile(data):
+    assert not copy_plain_strips(data, np.empty(SMALL, np.uint16))
+    fast, fast_reason = outcome(lambda d: decode_slice_into(d, np.empty(SMALL, np.uint16)), data)
+    slow, slow_reason = outcome(lambda d: decode_slice(d, shape=SMALL), data)
+    assert fast_reason == slow_reason and (fast is None or np.array_equal(fast, slow))
+
+
+def test_a_strip_table_in_the_header_is_not_read():
+    """tifffile ignores a tag whose values lie in the 8-byte header, and so refuses this file: so must we.
+
+    A 64 x 64 slice of two strips whose byte counts (4,096 each) are read from bytes 4-12: the IFD
+    pointer (4,096) and a filler word (4,096). Everything else is sound.
+    """
+    pixels = image(8).astype("<u2").tobytes()
+    ifd, entries = 4096, 9
+    strips = ifd + 2 + 12 * entries + 4
+    offsets_at = strips + len(pixels)
+    tags = [(256, 3, 1, 64), (257, 3, 1, 64), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, 4, 2, offsets_at), (277, 3, 1, 1), (278, 3, 1, 32), (279, 4, 2, 4)]
+    data = bytearray(offsets_at + 8)
+    data[:8] = b"II*\x00" + struct.pack("<I", ifd)
+    data[8:12] = struct.pack("<I", 4096)
+    struct.pack_into("<H", data, ifd, entries)
+    for k, (code, kind, count, value) in enumerate(tags):
+        packed = struct.pack("<H", value) + b"\x00\x00" if kind == 3 else struct.pack("<I", value)
+        data[ifd + 2 + 12 * k:ifd + 14 + 12 * k] = struct.pack("<HHI", code, kind, count) + packed
+    data[strips:offsets_at] = pixels
+    data[offsets_at:] = struct.pack("<II", strips, strips + 4096)
+    data = bytes(data)
+    assert not copy_plain_strips(data, np.empty(SMALL, np.uint16))
+    with pytest.raises(BadSliceError, match="no strip offsets or no strip byte counts"):
+        decode_slice_into(data, np.empty(SMALL, np.uint16))

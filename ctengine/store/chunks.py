@@ -64,6 +64,10 @@ class ChunkReader:
         """Decompress slice ``z`` of ``array`` straight into ``out`` (C-contiguous (y, x) of its dtype)."""
         offset, nbytes = (int(v) for v in self.index(patient, series, n_slices, array)[z])
         path = self.store.shard_path(patient, series, array)
+        if nbytes > out.nbytes + shard.FRAME_OVERHEAD:  # a missing chunk's sentinel, or a damaged index
+            raise ValueError(f"{self.url}: the chunk of slice z={z} of {patient}/{series}/{array} is missing or "
+                             f"its index is damaged ({nbytes} bytes for a {out.nbytes}-byte slice): run "
+                             f"`ctengine verify {self.url}`")
         if not self._local:
             shard.decode_chunk_into(self._read(path, offset, offset + nbytes), out)
             return

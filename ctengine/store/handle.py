@@ -330,10 +330,11 @@ class Store:
         The label group is built whole and swapped in (see
         :mod:`ctengine.store.replace`), so a failed write keeps the old label.
         """
+        scale = schema.attrs_scale(self.series_attrs(patient, series))  # raises for a series that is not there
         series_path = names.series_path(patient, series)
         self._ensure_group(f"{series_path}/{LABELS_GROUP}", {"ome": schema.ome_labels()})
         path = f"{series_path}/{LABELS_GROUP}/{LUNG}"
-        ome = schema.ome_lung_label(path, scale=schema.attrs_scale(self.series_attrs(patient, series)))
+        ome = schema.ome_lung_label(path, scale=scale)
         mask = mask.astype(np.uint8, copy=False)
 
         def build(root: zarr.Group) -> None:

@@ -51,7 +51,7 @@ def encode_shard(chunks: list[bytes]) -> bytes:
 
 
 #: bytes blosc adds at most to a chunk (BLOSC_MAX_OVERHEAD): the room encode_chunk gives it too, so the frames are the same
-_FRAME_OVERHEAD = 16
+FRAME_OVERHEAD = 16
 _workspace = threading.local()
 
 
@@ -62,7 +62,7 @@ def encode_stack(stack: np.ndarray) -> memoryview:
     a series costs no new memory (and no page faults); the returned view
     is valid until the thread's next call.
     """
-    bound = stack[0].nbytes + _FRAME_OVERHEAD if len(stack) else 0
+    bound = stack[0].nbytes + FRAME_OVERHEAD if len(stack) else 0
     need = len(stack) * bound + shard_index_nbytes(len(stack))
     buffer = getattr(_workspace, "buffer", None)
     if buffer is None or buffer.nbytes < need:
