@@ -26,8 +26,8 @@ from ..store import names
 from ..synth import write_cohort
 from ._common import cluster, on_machine, pick_sizes
 
-SIZES = {"slices": 1500, "batch": 16}
-QUICK = {"slices": 120, "batch": 16}
+SIZES = {"slices": 3000, "batch": 16, "passes": 3}
+QUICK = {"slices": 120, "batch": 16, "passes": 1}
 
 
 class TiffDataset(torch.utils.data.Dataset):
@@ -78,7 +78,10 @@ def ours(loader):
 
 def run(workdir: Path, *, quick: bool = False, scheduler: str | None = None, workers: int | None = None,
         **sizes: int) -> dict:
-    """Best of 2 passes of each loader over ``slices`` stored slices; ``workers`` threads or processes each."""
+    """Best of ``passes`` passes of each loader over ``slices`` stored slices; ``workers`` threads or processes each.
+
+    The passes alternate between the loaders, so a slow spell of the machine hits each of them.
+    """
     size = pick_sizes(SIZES, QUICK, quick, sizes)
     workers = workers or default_workers()
     batch = size["batch"]
@@ -97,7 +100,7 @@ def run(workdir: Path, *, quick: bool = False, scheduler: str | None = None, wor
         for f in files:  # warm the page cache for every contender alike
             Path(f).read_bytes()
         runs = {}
-        for _ in range(2):
+        for _ in range(size["passes"]):
             with SliceLoader(store, rows, batch_size=batch, threads=workers, prefetch=2) as loader:
                 runs.setdefault("ctengine", []).append(timed(ours(loader)))
             tiff = torch.utils.data.DataLoader(TiffDataset(files, rows["target"].tolist()), batch_size=batch,
