@@ -26,10 +26,31 @@ def test_rescale_defaults_apply_only_to_missing_values(attrs, expected):
 
 
 def test_shard_index_size_matches_the_encoder():
-    chunks = [shard.encode_chunk(np.full((4, 4), v, dtype="<u2")) for v in range(3)]
-    data = shard.encode_shard(chunks)
+    stack = np.stack([np.full((4, 4), v, dtype="<u2") for v in range(3)])
+    chunks = [shard.encode_chunk(image) for image in stack]
+    data = bytes(shard.encode_stack(stack))
     assert len(data) - sum(map(len, chunks)) == names.shard_index_nbytes(3)
     assert shard.shard_index(data, 3)[:, 1].tolist() == [len(c) for c in chunks]
+
+
+@pytest.mark.parametrize("stack", [
+    np.random.default_rng(0).integers(0, 3000, (5, 32, 32)).astype("<u2"),
+    np.random.default_rng(1).integers(0, 65536, (3, 32, 32)).astype("<u2"),   # incompressible
+    np.random.default_rng(2).integers(0, 3, (4, 32, 32)).astype(np.uint8),    # a lung mask
+    np.arange(2 * 16 * 16, dtype=">u2").reshape(2, 16, 16),                    # big endian in
+    np.zeros((0, 8, 8), "<u2")], ids=["ct", "incompressible", "mask", "big_endian", "empty"])
+def test_a_shard_is_its_chunks_then_the_index_and_crc(stack):
+    """The zarr sharding layout: chunk frames in order, (offset, nbytes) uint64 pairs, CRC-32C of the pairs."""
+    import google_crc32c
+
+    chunks = [shard.encode_chunk(image) for image in stack]
+    sizes = np.array([len(c) for c in chunks], dtype="<u8")
+    index = np.stack([np.cumsum(sizes) - sizes, sizes], axis=1).astype("<u8").tobytes()
+    crc = np.uint32(google_crc32c.value(index)).astype("<u4").tobytes()
+    assert bytes(shard.encode_stack(stack)) == b"".join([*chunks, index, crc])
+    stored = stack.dtype.newbyteorder("<")  # the zarr bytes codec of the store: little endian
+    np.testing.assert_array_equal(shard.decode_shard(bytes(shard.encode_stack(stack)), stack.shape, dtype=stored),
+                                  stack)
 
 
 def test_paths_of_the_contract():

@@ -39,24 +39,14 @@ def encode_chunk(image: np.ndarray, *, clevel: int = BLOSC_CLEVEL) -> bytes:
                                     typesize=image.dtype.itemsize, numthreads=1)
 
 
-def encode_shard(chunks: list[bytes]) -> bytes:
-    """Concatenate encoded chunks and append the (offset, nbytes) index with its CRC-32C."""
-    sizes = np.fromiter(map(len, chunks), dtype="<u8", count=len(chunks))
-    index = np.empty((len(chunks), 2), dtype="<u8")
-    index[:, 1] = sizes
-    index[:, 0] = np.cumsum(sizes) - sizes
-    index_bytes = index.tobytes()
-    crc = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
-    return b"".join([*chunks, index_bytes, crc])  # one copy of the pixels, not three
-
-
-#: bytes blosc adds at most to a chunk (BLOSC_MAX_OVERHEAD): the room encode_chunk gives it too, so the frames are the same
+#: bytes blosc adds at most to a chunk (BLOSC_MAX_OVERHEAD): the room encode_chunk gives it too, so the
+#: frames are the same
 FRAME_OVERHEAD = 16
 _workspace = threading.local()
 
 
 def encode_stack(stack: np.ndarray) -> memoryview:
-    """The shard of a (z, y, x) stack (what ``encode_shard([encode_chunk(s) for s in stack])`` gives).
+    """The shard of a (z, y, x) stack: the :func:`encode_chunk` frames in order, then their index and its CRC-32C.
 
     The chunks are compressed straight into one buffer kept per thread, so
     a series costs no new memory (and no page faults); the returned view
