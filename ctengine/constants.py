@@ -41,6 +41,9 @@ MASK_LEFT_LUNG = 2
 MAX_TIFF_BYTES = 64 * 2**20
 MAX_SLICE_PIXELS = 4096 * 4096
 
+#: largest buffer a worker thread keeps for the next series (a stack, a shard): larger series get memory of
+#: their own, returned after use, so a worker does not hold a huge volume's memory between tasks
+MAX_KEPT_BUFFER_BYTES = 256 * 2**20
 #: separator of multi-valued catalog cells (source names, groups)
 MULTI_SEP = ";"
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import csvs, layout, sources as other_sources
-from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
+from .constants import MAX_KEPT_BUFFER_BYTES, MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
 from .driver import map_series
 from .ingest_report import (SKIPPED_PREFIX, IngestReport, NothingToIngestError, count_entries, nothing_matched,
                             nothing_stored)
@@ -100,7 +100,10 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
 
 
 class _Workspace(threading.local):
-    """Memory a worker thread reads and decodes into, series after series (no page faults per file)."""
+    """Memory a worker thread reads and decodes into, series after series (no page faults per file).
+
+    A series larger than :data:`~ctengine.constants.MAX_KEPT_BUFFER_BYTES` gets a stack of its own.
+    """
 
     def __init__(self):
         self.file = np.empty(0, np.uint8)
@@ -109,9 +112,12 @@ class _Workspace(threading.local):
     def series(self, n: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """A (n, y, x) stack and one spare slice, views of the thread's stack memory."""
         size = (n + 1) * shape[0] * shape[1]
-        if self.stack.size < size:
-            self.stack = np.empty(size, RAW_DTYPE)
-        both = self.stack[:size].reshape(n + 1, *shape)
+        memory = self.stack
+        if memory.size < size:
+            memory = np.empty(size, RAW_DTYPE)
+            if memory.nbytes <= MAX_KEPT_BUFFER_BYTES:
+                self.stack = memory
+        both = memory[:size].reshape(n + 1, *shape)
         return both[:n], both[n]
 
 

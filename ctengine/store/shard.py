@@ -15,7 +15,7 @@ import imagecodecs
 import numcodecs
 import numpy as np
 
-from ..constants import RAW_DTYPE
+from ..constants import MAX_KEPT_BUFFER_BYTES, RAW_DTYPE
 from .names import shard_index_nbytes
 
 #: chosen by measurement on CT phantoms (512 x 512, one thread): lz4-9 + bit shuffle compresses
@@ -50,13 +50,16 @@ def encode_stack(stack: np.ndarray) -> memoryview:
 
     The chunks are compressed straight into one buffer kept per thread, so
     a series costs no new memory (and no page faults); the returned view
-    is valid until the thread's next call.
+    is valid until the thread's next call. A shard over
+    :data:`~ctengine.constants.MAX_KEPT_BUFFER_BYTES` gets a buffer of its own.
     """
     bound = stack[0].nbytes + FRAME_OVERHEAD if len(stack) else 0
     need = len(stack) * bound + shard_index_nbytes(len(stack))
     buffer = getattr(_workspace, "buffer", None)
     if buffer is None or buffer.nbytes < need:
-        buffer = _workspace.buffer = np.empty(need, np.uint8)
+        buffer = np.empty(need, np.uint8)
+        if need <= MAX_KEPT_BUFFER_BYTES:  # a larger shard's memory is returned after use
+            _workspace.buffer = buffer
     view = memoryview(buffer)
     index = np.empty((len(stack), 2), dtype="<u8")
     end = 0
