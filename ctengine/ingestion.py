@@ -18,7 +18,6 @@ import hashlib
 import json
 import lzma
 import os
-import threading
 import time
 import zipfile
 import zlib
@@ -29,11 +28,12 @@ import numpy as np
 import pandas as pd
 
 from . import csvs, layout, sources as other_sources
-from .constants import MAX_KEPT_BUFFER_BYTES, MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
+from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
 from .driver import map_series
 from .ingest_report import (SKIPPED_PREFIX, IngestReport, NothingToIngestError, count_entries, nothing_matched,
                             nothing_stored)
 from .store import Store, health, names, open_store, store_lock
+from .store.buffers import ThreadBuffers
 from .tiffio import BadSliceError, decode_slice_into, slice_checksum
 
 __all__ = ["IngestPlan", "IngestReport", "NothingToIngestError", "SeriesTask", "ingest", "ingest_series",
@@ -99,29 +99,10 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
     return {**result, "status": "written", "bytes_raw": images.nbytes, "bytes_stored": stored}
 
 
-class _Workspace(threading.local):
-    """Memory a worker thread reads and decodes into, series after series (no page faults per file).
-
-    A series larger than :data:`~ctengine.constants.MAX_KEPT_BUFFER_BYTES` gets a stack of its own.
-    """
-
-    def __init__(self):
-        self.file = np.empty(0, np.uint8)
-        self.stack = np.empty(0, RAW_DTYPE)
-
-    def series(self, n: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """A (n, y, x) stack and one spare slice, views of the thread's stack memory."""
-        size = (n + 1) * shape[0] * shape[1]
-        memory = self.stack
-        if memory.size < size:
-            memory = np.empty(size, RAW_DTYPE)
-            if memory.nbytes <= MAX_KEPT_BUFFER_BYTES:
-                self.stack = memory
-        both = memory[:size].reshape(n + 1, *shape)
-        return both[:n], both[n]
-
-
-_workspace = _Workspace()
+#: the file and the stack each worker thread reads and decodes into, series after series (the file buffer
+#: is sized by :func:`ctengine.layout.read_source_into`, at most MAX_TIFF_BYTES)
+_buffers = ThreadBuffers()
+_NONE = np.empty(0, np.uint8)
 
 
 def _read_series(task: SeriesTask) -> tuple[list[int], np.ndarray, list[str], list[tuple[str, str]]]:
@@ -131,7 +112,9 @@ def _read_series(task: SeriesTask) -> tuple[list[int], np.ndarray, list[str], li
     stack, further copies into a spare slice and compared by checksum. The
     stack is the worker thread's (valid until its next series).
     """
-    stack, spare = _workspace.series(len(task.instances), task.shape)
+    n, (h, w) = len(task.instances), task.shape
+    both = _buffers.get("stack", (n + 1) * h * w, RAW_DTYPE).reshape(n + 1, h, w)
+    stack, spare = both[:n], both[n]
     instances, checksums, quarantined = [], [], []
     for instance, copies in zip(task.instances, task.copies):
         good = []
@@ -139,7 +122,7 @@ def _read_series(task: SeriesTask) -> tuple[list[int], np.ndarray, list[str], li
             location = f"{archive}::{member}" if archive else member
             target = spare if good else stack[len(instances)]
             try:
-                data, _workspace.file = layout.read_source_into(archive, member, _workspace.file)
+                data, _buffers.file = layout.read_source_into(archive, member, getattr(_buffers, "file", _NONE))
                 decode_slice_into(data, target)
             except READ_ERRORS as exc:
                 quarantined.append((location, str(exc) or type(exc).__name__))

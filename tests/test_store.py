@@ -122,16 +122,16 @@ def test_a_chunk_missing_from_the_shard_index_is_named_not_allocated(tmp_path):
 
 def test_a_shard_buffer_is_kept_per_thread_up_to_a_size(monkeypatch):
     """Small shards reuse the thread's buffer (a view lives until the next call); larger ones get their own."""
-    import threading
+    from ctengine.store import buffers
 
-    monkeypatch.setattr(shard, "_workspace", threading.local())  # this thread keeps nothing yet
+    monkeypatch.setattr(shard, "_buffers", buffers.ThreadBuffers())  # this thread keeps nothing yet
     rng = np.random.default_rng(3)
     a, b = (rng.integers(0, 3000, (4, 32, 32)).astype("<u2") for _ in range(2))
     first = shard.encode_stack(a)
     expected = bytes(first)
     shard.encode_stack(b)
     assert bytes(first) != expected  # the same memory, written again
-    monkeypatch.setattr(shard, "MAX_KEPT_BUFFER_BYTES", 1024)
+    monkeypatch.setattr(buffers, "MAX_KEPT_BUFFER_BYTES", 1024)
     first = shard.encode_stack(np.concatenate([a, a]))  # larger than the buffer kept: memory of its own
     expected = bytes(first)
     shard.encode_stack(np.concatenate([b, b]))

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 
 from . import names, shard
+from .buffers import ThreadBuffers
 from .handle import Store
 
 
@@ -29,7 +30,7 @@ class ChunkReader:
         self._index: dict[str, np.ndarray] = {}
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._frames = threading.local()
+        self._buffers = ThreadBuffers()
 
     def index(self, patient: str, series: str, n_slices: int, array: str = names.RAW) -> np.ndarray:
         """The (offset, nbytes) table of the shard of ``array`` (a path inside the series), read once."""
@@ -71,10 +72,8 @@ class ChunkReader:
         if not self._local:
             shard.decode_chunk_into(self._read(path, offset, offset + nbytes), out)
             return
-        frame = getattr(self._frames, "buffer", None)  # the compressed chunk, read into memory used again
-        if frame is None or frame.nbytes < nbytes:
-            frame = self._frames.buffer = np.empty(max(nbytes, out.nbytes + 64), np.uint8)
-        view = memoryview(frame)[:nbytes]
+        # the compressed chunk, read into memory used again (nbytes is at most this size, checked above)
+        view = memoryview(self._buffers.get("frame", out.nbytes + shard.FRAME_OVERHEAD, np.uint8))[:nbytes]
         if os.preadv(self._fd(path), [view], offset) != nbytes:
             raise OSError(f"{path}: short read of the chunk of slice {z}")
         shard.decode_chunk_into(view, out)

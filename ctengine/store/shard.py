@@ -8,14 +8,13 @@ chain [bytes, crc32c] (index at the end) reads, so plain zarr reads the store.
 """
 from __future__ import annotations
 
-import threading
-
 import google_crc32c
 import imagecodecs
 import numcodecs
 import numpy as np
 
-from ..constants import MAX_KEPT_BUFFER_BYTES, RAW_DTYPE
+from ..constants import RAW_DTYPE
+from .buffers import ThreadBuffers
 from .names import shard_index_nbytes
 
 #: chosen by measurement on CT phantoms (512 x 512, one thread): lz4-9 + bit shuffle compresses
@@ -28,21 +27,28 @@ _EMPTY = np.uint64(2**64 - 1)
 _blosc = numcodecs.Blosc()
 
 
-def encode_chunk(image: np.ndarray, *, clevel: int = BLOSC_CLEVEL) -> bytes:
+def encode_chunk(image: np.ndarray, *, clevel: int = BLOSC_CLEVEL, out: memoryview | None = None) -> bytes | memoryview:
     """Blosc (lz4, bit shuffle, typesize = itemsize) frame of one slice, one thread.
 
     Raw slices are uint16 (typesize 2), lung masks uint8 (typesize 1);
     multi-byte data is encoded little endian, as the zarr ``bytes`` codec.
+    With ``out`` (at least the slice's bytes + :data:`FRAME_OVERHEAD`) the
+    frame is written there and a view of it returned.
     """
     image = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<"))
     return imagecodecs.blosc_encode(image, level=clevel, compressor=BLOSC_CNAME, shuffle=2,
-                                    typesize=image.dtype.itemsize, numthreads=1)
+                                    typesize=image.dtype.itemsize, numthreads=1, out=out)
 
 
-#: bytes blosc adds at most to a chunk (BLOSC_MAX_OVERHEAD): the room encode_chunk gives it too, so the
-#: frames are the same
+def index_crc(index_bytes: bytes) -> bytes:
+    """The CRC-32C (4 bytes, little endian) that closes a shard's index."""
+    return np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
+
+
+#: bytes blosc adds at most to a chunk (BLOSC_MAX_OVERHEAD): the room encode_chunk gives it on its own too,
+#: so the frames are the same
 FRAME_OVERHEAD = 16
-_workspace = threading.local()
+_buffers = ThreadBuffers()
 
 
 def encode_stack(stack: np.ndarray) -> memoryview:
@@ -50,37 +56,28 @@ def encode_stack(stack: np.ndarray) -> memoryview:
 
     The chunks are compressed straight into one buffer kept per thread, so
     a series costs no new memory (and no page faults); the returned view
-    is valid until the thread's next call. A shard over
-    :data:`~ctengine.constants.MAX_KEPT_BUFFER_BYTES` gets a buffer of its own.
+    is valid until the thread's next call (see :class:`ThreadBuffers` for
+    the size up to which the buffer is kept).
     """
     bound = stack[0].nbytes + FRAME_OVERHEAD if len(stack) else 0
-    need = len(stack) * bound + shard_index_nbytes(len(stack))
-    buffer = getattr(_workspace, "buffer", None)
-    if buffer is None or buffer.nbytes < need:
-        buffer = np.empty(need, np.uint8)
-        if need <= MAX_KEPT_BUFFER_BYTES:  # a larger shard's memory is returned after use
-            _workspace.buffer = buffer
-    view = memoryview(buffer)
+    view = memoryview(_buffers.get("shard", len(stack) * bound + shard_index_nbytes(len(stack)), np.uint8))
     index = np.empty((len(stack), 2), dtype="<u8")
     end = 0
     for z, image in enumerate(stack):
-        image = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<"))
-        frame = imagecodecs.blosc_encode(image, level=BLOSC_CLEVEL, compressor=BLOSC_CNAME, shuffle=2,
-                                         typesize=image.dtype.itemsize, numthreads=1, out=view[end:end + bound])
+        frame = encode_chunk(image, out=view[end:end + bound])
         index[z] = end, len(frame)
         end += len(frame)
-    index_bytes = index.tobytes()
-    view[end:end + len(index_bytes)] = index_bytes
-    end += len(index_bytes)
-    view[end:end + 4] = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
-    return view[:end + 4]
+    tail = index.tobytes()
+    tail += index_crc(tail)
+    view[end:end + len(tail)] = tail
+    return view[:end + len(tail)]
 
 
 def shard_index(shard: bytes | memoryview, n_chunks: int) -> np.ndarray:
     """The (n_chunks, 2) offset/nbytes table of a shard; ValueError if its CRC fails."""
     tail = memoryview(shard)[-shard_index_nbytes(n_chunks):]
     index_bytes, crc = bytes(tail[:-4]), bytes(tail[-4:])
-    if np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes() != crc:
+    if index_crc(index_bytes) != crc:
         raise ValueError("shard index checksum does not match")
     return np.frombuffer(index_bytes, dtype="<u8").reshape(n_chunks, 2)
 
