@@ -160,7 +160,8 @@ def _print_ingest(report) -> None:
     else:
         click.echo(f"ingested {report.slices_written} slices in {report.series_written} series "
                    f"({report.series_skipped} already complete) in {report.seconds:.1f} s: "
-                   f"{report.slices_per_second:.0f} slices/s, {report.bytes_raw / 1e6:.0f} MB raw -> "
+                   f"{report.slices_per_second:.0f} slices/s (cluster start-up not counted), "
+                   f"{report.bytes_raw / 1e6:.0f} MB raw -> "
                    f"{report.bytes_stored / 1e6:.0f} MB stored (ratio {report.ratio:.2f})")
     for series, reason in report.healed:
         click.echo(f"healed: {series}: {reason}")
@@ -241,7 +242,8 @@ def features(store, device, storage_options, workers, scheduler) -> None:
                                   storage_options=_storage_options(storage_options))
     click.echo(f"features of {report.slices_computed} slices in {report.series_computed} series "
                f"({report.series_skipped} already done) in {report.seconds:.1f} s "
-               f"({report.slices_per_second:.0f} slices/s); tables in {features_path(store)}/")
+               f"({report.slices_per_second:.0f} slices/s, cluster start-up not counted); "
+               f"tables in {features_path(store)}/")
     if report.spacing_unknown:
         click.echo(f"{len(report.spacing_unknown)} series without a pixel spacing: lung-mask sizes at the nominal "
                    f"0.7 mm per 512 pixels, areas and volumes NaN ({', '.join(report.spacing_unknown[:5])}"

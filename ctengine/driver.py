@@ -8,6 +8,7 @@ use it. :class:`RunReport` is the base of their reports.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Sequence
@@ -22,14 +23,18 @@ class RunReport:
     store : str
         Store path or URL.
     seconds : float
-        Wall-clock time of the run (s).
+        Wall-clock time of the run (s), without the start-up and shutdown of a cluster.
     failed_series : list of (str, str)
         (what failed, usually "patient/series"; "ExceptionType: message").
+    cluster_seconds : float
+        Start-up and shutdown of the Dask cluster the run started itself (s), not in ``seconds``;
+        0 when a client was given. Rates (``slices_per_second``) use ``seconds``.
     """
 
     store: str = ""
     seconds: float = 0.0
     failed_series: list[tuple[str, str]] = field(default_factory=list)
+    cluster_seconds: float = 0.0
     #: properties added to :meth:`to_dict`
     derived: ClassVar[tuple[str, ...]] = ()
 
@@ -47,10 +52,25 @@ class RunReport:
 
 @dataclass
 class MapResult:
-    """Results of :func:`map_series` in the order of the tasks, and the tasks that failed."""
+    """Results of :func:`map_series` in the order of the tasks, the tasks that failed, and the seconds
+    spent starting and closing a cluster it started itself (0 with a given client)."""
 
     results: list[Any] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    cluster_seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def _own_cluster(outcome: MapResult):
+    """A default cluster for one run; its start-up and shutdown time goes to ``outcome.cluster_seconds``."""
+    from .cluster import dask_client
+
+    started = time.perf_counter()
+    with dask_client() as client:
+        outcome.cluster_seconds += time.perf_counter() - started
+        yield client
+        closing = time.perf_counter()
+    outcome.cluster_seconds += time.perf_counter() - closing
 
 
 def map_series(func: Callable[..., Any], tasks: Sequence[tuple], *, labels: Sequence[str], name: str,
@@ -84,19 +104,17 @@ def map_series(func: Callable[..., Any], tasks: Sequence[tuple], *, labels: Sequ
     -------
     MapResult
         Results of the tasks that succeeded, in task order; failures as
-        (label, "ExceptionType: message").
+        (label, "ExceptionType: message"); the cluster's start-up and shutdown (s).
     """
     from distributed import as_completed
     from tqdm.auto import tqdm
-
-    from .cluster import dask_client
 
     if len(labels) != len(tasks) or (weights is not None and len(weights) != len(tasks)):
         raise ValueError(f"labels and weights need one entry per task ({len(tasks)} tasks)")
     steps = list(weights) if weights is not None else [1] * len(tasks)
     done: dict[int, Any] = {}
     outcome = MapResult()
-    owned = contextlib.nullcontext(client) if client is not None else dask_client()
+    owned = contextlib.nullcontext(client) if client is not None else _own_cluster(outcome)
     with owned as active, tqdm(total=sum(steps), unit=unit, desc=name, disable=not progress) as bar:
         run = uuid.uuid4().hex[:8]  # keys unique per run: the scheduler may still hold an older run's results
         futures = [active.submit(func, *task, key=f"{name}-{label.replace('/', '-')}-{number}-{run}",

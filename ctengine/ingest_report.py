@@ -84,7 +84,7 @@ class IngestReport(RunReport):
 
     @property
     def slices_per_second(self) -> float:
-        """Slices written per second of the run."""
+        """Slices written per second of the run (cluster start-up not counted: see ``cluster_seconds``)."""
         return self.slices_written / self.seconds if self.seconds else float("nan")
 
     @property

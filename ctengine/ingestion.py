@@ -243,7 +243,7 @@ def ingest(sources: Iterable[str | os.PathLike], store: str | os.PathLike, *, de
             health.record_damaged(opened, {k: v for k, v in damaged.items()
                                            if k not in {series for series, _ in report.healed}})
     report.slices = len(catalog)
-    report.seconds = time.perf_counter() - started
+    report.seconds = time.perf_counter() - started - report.cluster_seconds
     if not report.slices:
         raise NothingToIngestError(nothing_stored(report), report)
     return report
@@ -339,6 +339,7 @@ def _run(tasks: list[SeriesTask], client, *, progress: bool, report: IngestRepor
                          name="ingest", client=client, weights=[len(t.instances) for t in tasks], unit="slice",
                          progress=progress)
     report.failed_series.extend(outcome.failures)
+    report.cluster_seconds = outcome.cluster_seconds
     return outcome.results
 
 

@@ -57,20 +57,32 @@ def _check_readers(series, scale, window, raw, lung):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
+    from ctengine.store._pyramid_reference import halve_mean, halve_mode
+
     image, _, label = list(Reader(parse_url(str(series)))())
-    assert [tuple(d.shape) for d in image.data] == [raw.shape]
-    assert image.metadata["coordinateTransformations"][0][0]["scale"] == scale
+    z, ny, nx = raw.shape
+    shapes = [(z, ny // 2**k, nx // 2**k) for k in range(4)]  # 512 -> 64 pixels
+    assert [tuple(d.shape) for d in image.data] == shapes
+    assert [tuple(d.shape) for d in label.data] == shapes
+    scales = [t[0]["scale"] for t in image.metadata["coordinateTransformations"]]
+    assert scales == [[scale[0], scale[1] * 2**k, scale[2] * 2**k] for k in range(4)]
     assert [a["unit"] for a in image.metadata["axes"]] == ["millimeter"] * 3
     assert image.metadata["contrast_limits"] == [window]
     assert label.metadata["properties"] == {1: {"name": "right lung"}, 2: {"name": "left lung"}}
+    np.testing.assert_array_equal(np.asarray(image.data[0]), raw)
+    np.testing.assert_array_equal(np.asarray(image.data[1]), halve_mean(raw))
     np.testing.assert_array_equal(np.asarray(label.data[0]), lung)
+    np.testing.assert_array_equal(np.asarray(label.data[1]), halve_mode(lung))
 
     multiscales = ngff_zarr.from_ngff_zarr(str(series))
-    assert len(multiscales.images) == 1 and multiscales.images[0].scale == dict(zip("zyx", scale))
+    assert [m.data.shape for m in multiscales.images] == shapes
+    assert multiscales.images[0].scale == dict(zip("zyx", scale))
+    assert multiscales.images[3].scale == {"z": scale[0], "y": scale[1] * 8, "x": scale[2] * 8}
     np.testing.assert_array_equal(multiscales.images[0].data.compute(), raw)
     shown = multiscales.metadata.omero.channels[0].window
     assert [shown.start, shown.end] == window
     labels = ngff_zarr.from_ngff_zarr(str(series / "labels" / "lung"))
+    assert len(labels.images) == 4
     np.testing.assert_array_equal(labels.images[0].data.compute(), lung)
 
 

@@ -216,11 +216,11 @@ def held(task):
 
     finish = task.store.finish_series
 
-    def finish_or_hold(group, attrs, plan):
+    def finish_or_hold(group, attrs, plan, **options):
         if os.path.exists(FIRST_DONE):
             open(REACHED, "w").close()
             time.sleep(3600)
-        finish(group, attrs, plan)
+        finish(group, attrs, plan, **options)
         open(FIRST_DONE, "w").close()
 
     task.store.finish_series = finish_or_hold
@@ -286,3 +286,15 @@ def test_viewers_open_a_series_in_the_lung_window(tree, tmp_path, client):
     slope, intercept = ctengine.open_store(tmp_path / "s.zarr").rescale("patient2", "SR_2")
     hu = [channel["window"][k] * slope + intercept for k in ("start", "end")]
     assert hu == [-1350.0, 150.0] and "mediastinal 40/400 HU" in channel["label"]
+
+
+def test_reports_and_summaries_leave_cluster_start_up_out_and_say_so(tmp_path, client):
+    src = tmp_path / "src"
+    make_tree(src, shape=(512, 512), series_spec=(("normal1", "patient2", "SR_2", 2),))
+    own = ctengine.ingest([src], tmp_path / "own.zarr", progress=False)  # starts and closes its own cluster
+    assert own.cluster_seconds > 0 and own.slices_per_second == own.slices_written / own.seconds
+    given = ctengine.ingest([src], tmp_path / "given.zarr", client=client, progress=False)
+    assert given.cluster_seconds == 0
+    result = CliRunner().invoke(main, ["ingest", str(src), "--store", str(tmp_path / "cli.zarr"),
+                                       "--scheduler", client.scheduler.address])
+    assert result.exit_code == 0 and "slices/s (cluster start-up not counted)" in result.output

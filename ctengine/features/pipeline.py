@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..constants import DEVICES
 from ..driver import RunReport, map_series
-from ..store import Store, names, open_store
+from ..store import Store, names, open_store, pyramid
 from ..tiffio import slice_checksum
 from .aggregate import stats_to_frame
 from .dictionary import LEGACY_COLUMNS, TABLE_COLUMNS, arrow_table
@@ -51,7 +51,7 @@ class FeatureReport(RunReport):
 
     @property
     def slices_per_second(self) -> float:
-        """Slices computed per second of the run."""
+        """Slices computed per second of the run (cluster start-up not counted: see ``cluster_seconds``)."""
         return self.slices_computed / self.seconds if self.seconds else float("nan")
 
 
@@ -99,7 +99,8 @@ def compute_series(store: Store, patient: str, series: str, device: str = "cpu",
     numba.set_num_threads(1)  # one task per core: the cluster runs series in parallel, not threads in a kernel
     attrs = store.series_attrs(patient, series)
     # the pixels and what the kernels were told about them, not the names: new metadata computes again
-    inputs = {"checksums": attrs["checksums"], "spacing": names.spacing(attrs), "rescale": names.rescale(attrs)}
+    inputs = {"checksums": attrs["checksums"], "spacing": names.spacing(attrs), "rescale": names.rescale(attrs),
+              "pyramid": pyramid.METHOD}
     plan = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
     known = names.spacing(attrs) is not None
     done = store.completed_lung(patient, series, plan)
@@ -176,6 +177,7 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
                          labels=[f"{p}/{s}" for p, s in sizes.index], name="features", client=client,
                          weights=[int(n) for n in sizes], unit="slice", progress=progress)
     report.failed_series.extend(outcome.failures)
+    report.cluster_seconds = outcome.cluster_seconds
     tables = []
     for result in outcome.results:
         if result["status"] == "computed":
@@ -188,7 +190,7 @@ def compute_features(store: str | os.PathLike, *, device: str = "cpu", client=No
         tables.append(result["table"].assign(patient=result["patient"], series=result["series"]))
     if tables:
         _write_outputs(opened, pd.concat(tables, ignore_index=True))
-    report.seconds = time.perf_counter() - started
+    report.seconds = time.perf_counter() - started - report.cluster_seconds
     return report
 
 

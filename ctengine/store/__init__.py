@@ -7,6 +7,7 @@ and OME-Zarr readers. Modules:
 - :mod:`~ctengine.store.names`: paths, keys, markers, catalog columns, rescale defaults
 - :mod:`~ctengine.store.schema`: codec, root attributes, stack arrays, OME-Zarr metadata
 - :mod:`~ctengine.store.shard`: whole-shard encoding and decoding
+- :mod:`~ctengine.store.pyramid`: the multiscale levels of series and labels
 - :mod:`~ctengine.store.tables`: DataFrames stored as zarr arrays
 - :mod:`~ctengine.store.location`: a location's filesystem and root group; what cannot be a store
 - :mod:`~ctengine.store.handle`: :class:`Store`, the handle everything reads and writes through

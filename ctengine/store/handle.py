@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from . import names, replace, schema, shard, tables
+from . import names, pyramid, replace, schema, shard, tables
 from .location import NotAStoreError, check_location, filesystem, is_local, open_root
 from .names import LABELS_GROUP, LUNG, LUNG_ARRAY, LUNG_FEATURES, RAW
 
@@ -271,15 +271,12 @@ class Store:
         """(Re)create the group of a series, marked incomplete (an empty series; see :meth:`write_series`)."""
         return self.root.require_group(patient).create_group(series, overwrite=True, attributes=names.incomplete())
 
-    def finish_series(self, group: zarr.Group, attrs: dict[str, Any], plan: str) -> None:
-        """Set a series' attributes and OME-Zarr metadata, and mark it complete for ``plan``."""
-        group.update_attributes({**attrs, "ome": self._ome(group.path, attrs), **names.complete(plan)})
-
-    @staticmethod
-    def _ome(path: str, attrs: dict[str, Any]) -> dict[str, Any]:
-        """OME-Zarr metadata of a series image from its attributes (scale in mm, lung window in stored units)."""
+    def finish_series(self, group: zarr.Group, attrs: dict[str, Any], plan: str, *, levels: int) -> None:
+        """Set a series' attributes and OME-Zarr metadata (``levels`` pyramid levels), and mark it complete."""
         slope, intercept = names.rescale(attrs)
-        return schema.ome_image(path, scale=schema.attrs_scale(attrs), slope=slope, intercept=intercept)
+        ome = schema.ome_image(group.path, scale=schema.attrs_scale(attrs), slope=slope, intercept=intercept,
+                               levels=levels)
+        group.update_attributes({**attrs, "ome": ome, **names.complete(plan)})
 
     def update_series(self, patient: str, series: str, attrs: dict[str, Any], plan: str) -> None:
         """Set new attributes of a stored series in one write of its ``zarr.json`` (the pixels stay).
@@ -289,28 +286,33 @@ class Store:
         """
         path = names.series_path(patient, series)
         old = dict(self.series_group(patient, series).attrs)
+        levels = len(names.level_paths(old)) - 1
         objects = replace.group_objects(
-            path, lambda root: self.finish_series(root.create_group(path, attributes=old), attrs, plan))
+            path, lambda root: self.finish_series(root.create_group(path, attributes=old), attrs, plan, levels=levels))
         self.put(f"{path}/zarr.json", objects["zarr.json"])
 
     def write_series(self, patient: str, series: str, stack: np.ndarray, attrs: dict[str, Any], plan: str) -> int:
-        """Write a whole series (shard, array and group metadata, marked complete) in place of the old one.
+        """Write a whole series (shard, pyramid, array and group metadata, marked complete) in place of the old one.
 
         The old series stays readable until the new one is whole (see
-        :mod:`ctengine.store.replace`); return the shard's bytes.
+        :mod:`ctengine.store.replace`); return the bytes of level 0's shard.
         """
         path = names.series_path(patient, series)
-        data = shard.encode_stack(stack)
+        stacks = [stack, *pyramid.levels(stack)]
+        shards = [shard.encode_stack(level, buffer=f"shard{k}") for k, level in enumerate(stacks)]
 
         def build(root: zarr.Group) -> None:
             group = root.create_group(path, attributes=names.incomplete())
-            schema.create_stack_array(group, stack.shape[0], stack.shape[1:], dtype=stack.dtype)
-            self.finish_series(group, attrs, plan)
+            for k, level in enumerate(stacks):
+                schema.create_stack_array(group, len(level), level.shape[1:], dtype=level.dtype,
+                                          name=names.level_name(k))
+            self.finish_series(group, attrs, plan, levels=len(stacks) - 1)
 
-        objects = {names.shard_key(RAW): data, **replace.group_objects(path, build)}
+        objects = {**{names.shard_key(names.level_name(k)): data for k, data in enumerate(shards)},
+                   **replace.group_objects(path, build)}
         self.root.require_group(patient)
         replace.replace_group(self.fs, self.base, path, objects, local=self.local)
-        return len(data)
+        return len(shards[0])
 
     # ------------------------------------------------------------ lung labels (features)
 
@@ -334,15 +336,20 @@ class Store:
         series_path = names.series_path(patient, series)
         self._ensure_group(f"{series_path}/{LABELS_GROUP}", {"ome": schema.ome_labels()})
         path = f"{series_path}/{LABELS_GROUP}/{LUNG}"
-        ome = schema.ome_lung_label(path, scale=scale)
         mask = mask.astype(np.uint8, copy=False)
+        stacks = [mask, *pyramid.levels(mask, labels=True)]
+        ome = schema.ome_lung_label(path, scale=scale, levels=len(stacks) - 1)
 
         def build(root: zarr.Group) -> None:
             lung = root.create_group(path, attributes={"ome": ome, **names.complete(plan)})
-            schema.create_stack_array(lung, mask.shape[0], mask.shape[1:], dtype=mask.dtype)
+            for k, level in enumerate(stacks):
+                schema.create_stack_array(lung, len(level), level.shape[1:], dtype=level.dtype,
+                                          name=names.level_name(k))
             tables.write_matrix(lung, LUNG_FEATURES, table)
 
-        objects = {names.shard_key(RAW): shard.encode_stack(mask), **replace.group_objects(path, build)}
+        objects = {**{names.shard_key(names.level_name(k)): shard.encode_stack(level, buffer=f"label{k}")
+                      for k, level in enumerate(stacks)},
+                   **replace.group_objects(path, build)}
         replace.replace_group(self.fs, self.base, path, objects, local=self.local)
 
     def _ensure_group(self, path: str, attrs: dict[str, Any]) -> None:
@@ -365,11 +372,18 @@ class Store:
         return series_array(self, patient, series)
 
     def to_datatree(self):
-        """The whole store as an ``xarray.DataTree`` (lazy, dask-backed)."""
+        """The whole store as an ``xarray.DataTree`` (lazy, dask-backed), level 0 of every series and label.
+
+        The pyramid levels are left out: OME-Zarr names every level's axes
+        (z, y, x), and a DataTree cannot hold arrays sharing a dimension
+        name at different sizes in one group or below it. Plain xarray
+        opens the store the same way with ``drop_variables=pyramid.LEVEL_NAMES``.
+        """
         import xarray as xr
 
         kwargs = {"storage_options": self.storage_options} if self.storage_options else {}
-        return xr.open_datatree(self.url, engine="zarr", chunks={}, consolidated=False, **kwargs)
+        return xr.open_datatree(self.url, engine="zarr", chunks={}, consolidated=False,
+                                drop_variables=list(pyramid.LEVEL_NAMES), **kwargs)
 
 
 def open_store(url: str | os.PathLike, *, mode: str = "r", storage_options: dict | None = None) -> Store:

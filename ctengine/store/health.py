@@ -2,7 +2,7 @@
 
 :func:`series_damage` reads two small metadata documents and the shard's
 index (its last bytes) and compares the shard's size with what the index
-says; it decodes no pixel, so ``ingest`` runs it on every stored series.
+says, for level 0 and every pyramid level; it decodes no pixel, so ``ingest`` runs it on every stored series.
 Damage only a decode finds (pixels that no longer match their checksum) is
 found by ``verify``, which records the series in the root attribute
 :data:`~ctengine.store.names.DAMAGED` for the next ``ingest`` to rewrite.
@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from . import names, shard
+from . import names, pyramid, shard
 from .handle import Store
 
 __all__ = ["DamagedSeriesError", "damaged_series", "record_damaged", "series_damage"]
@@ -46,7 +46,8 @@ def series_damage(store: Store, patient: str, series: str, n_slices: int | None 
 
     Checks the series group's and the raw array's ``zarr.json`` (present,
     parseable), the shard (present, its index's checksum, its size equal to
-    the chunks and index it lists) and that no chunk is missing.
+    the chunks and index it lists), that no chunk is missing, and the same
+    of every pyramid level (:mod:`ctengine.store.pyramid`) the slice size calls for.
 
     Parameters
     ----------
@@ -60,28 +61,55 @@ def series_damage(store: Store, patient: str, series: str, n_slices: int | None 
     list of (str, str)
     """
     path = names.series_path(patient, series)
-    problems = group_damage(store, path, "series group")
+    group, problems = _document(store, f"{path}/zarr.json", "series group")
     array, found = _document(store, f"{path}/{names.RAW}/zarr.json", "raw array")
     problems += found
     if array is None:
         return problems
-    count = int(array["shape"][0])
-    if n_slices is not None and count != n_slices:
-        problems.append((f"{path}/{names.RAW}", f"{count} slices stored, catalog lists {n_slices}"))
-    key = names.raw_shard_key(patient, series)
+    shape = tuple(int(n) for n in array["shape"])
+    if n_slices is not None and shape[0] != n_slices:
+        problems.append((f"{path}/{names.RAW}", f"{shape[0]} slices stored, catalog lists {n_slices}"))
+    problems += _shard_damage(store, f"{path}/{names.RAW}", shape[0])
+    if group is not None:
+        problems += _pyramid_damage(store, path, group.get("attributes") or {}, shape)
+    return problems
+
+
+def _pyramid_damage(store: Store, path: str, attrs: dict, shape: tuple[int, ...]) -> list[tuple[str, str]]:
+    """Problems of the pyramid of the series at ``path`` whose level 0 has ``shape``."""
+    expected = [names.level_name(k) for k in range(1 + pyramid.level_count(shape[1:]))]
+    listed = names.level_paths(attrs)
+    if listed != expected:
+        return [(path, f"pyramid levels {listed} listed where {expected} belong (written before pyramids, "
+                       "or damaged)")]
+    problems = []
+    for k, level_shape in enumerate(pyramid.level_shapes(shape), 1):
+        array_path = f"{path}/{names.level_name(k)}"
+        array, found = _document(store, f"{array_path}/zarr.json", f"pyramid level {k} array")
+        problems += found
+        if array is not None and tuple(array["shape"]) != level_shape:
+            problems.append((array_path, f"shape {tuple(array['shape'])}, level {k} of {shape} is {level_shape}"))
+        elif array is not None:
+            problems += _shard_damage(store, array_path, level_shape[0])
+    return problems
+
+
+def _shard_damage(store: Store, array_path: str, count: int) -> list[tuple[str, str]]:
+    """Problems of the one shard of the stack array at ``array_path`` holding ``count`` chunks."""
+    key = names.shard_key(array_path)
     try:
         size = int(store.fs.size(f"{store.base}/{key}"))
         tail_bytes = names.shard_index_nbytes(count)
         tail = store.fs.cat_file(f"{store.base}/{key}", start=max(size - tail_bytes, 0), end=size)
         index = shard.shard_index(tail, count) if size >= tail_bytes else None
     except FileNotFoundError:
-        return problems + [(key, "shard missing")]
+        return [(key, "shard missing")]
     except ValueError:
-        return problems + [(key, f"shard index unreadable ({size} bytes: truncated or overwritten)")]
+        return [(key, f"shard index unreadable ({size} bytes: truncated or overwritten)")]
     if index is None:
-        return problems + [(key, f"shard of {size} bytes is shorter than its index ({tail_bytes} bytes)")]
+        return [(key, f"shard of {size} bytes is shorter than its index ({tail_bytes} bytes)")]
     empty = np.all(index == np.uint64(2**64 - 1), axis=1)
-    problems += [(f"{path}/{names.RAW} chunk z{z}", "chunk missing") for z in np.flatnonzero(empty)]
+    problems = [(f"{array_path} chunk z{z}", "chunk missing") for z in np.flatnonzero(empty)]
     ends = index[~empty].sum(axis=1)
     expected = int(ends.max()) + tail_bytes if len(ends) else tail_bytes
     if size != expected:

@@ -10,7 +10,9 @@
                                              rescale, kernel, instances, checksums, sources
     STORE/<patient>/<series>/0               raw uint16 (z, y, x): 1 slice per chunk,
                                              the series in one shard (key ``0/c/0/0/0``)
-    STORE/<patient>/<series>/labels/lung/0   lung masks (uint8), same layout
+    STORE/<patient>/<series>/1 .. n          the pyramid: y and x halved per level down to 64 pixels
+                                             (2 x 2 block means), same layout
+    STORE/<patient>/<series>/labels/lung/0   lung masks (uint8), same layout; levels 1 .. n by block mode
     STORE/<patient>/<series>/labels/lung/features   per-slice features (z, feature)
     STORE.features/{slices,series,patients}.parquet  feature tables beside the store
     STORE.lock                               lock file of a local ingest
@@ -31,7 +33,7 @@ from ..constants import DEFAULT_INTERCEPT, DEFAULT_SLOPE
 
 FORMAT = "ctengine-store"
 FORMAT_VERSION = 1
-#: the one image level of a series and of a label group
+#: the full-resolution level of a series and of a label group (the stored slices)
 RAW = "0"
 #: dimension name of the stored tables
 TABLE_DIM = "slice"
@@ -103,6 +105,19 @@ def series_path(patient: str, series: str, array: str | None = None) -> str:
 def shard_key(array_path: str) -> str:
     """Store key of the single shard of a stack array (e.g. ``patient1/SR_2/0/c/0/0/0``)."""
     return f"{array_path}/c/0/0/0"
+
+
+def level_name(level: int) -> str:
+    """Array name of pyramid level ``level`` of a series or label (0: :data:`RAW`)."""
+    return str(level)
+
+
+def level_paths(attrs: Mapping[str, Any]) -> list[str]:
+    """Array names of the levels an image or label group's OME-Zarr metadata lists (level 0 first); [] if none."""
+    try:
+        return [str(d["path"]) for d in attrs["ome"]["multiscales"][0]["datasets"]]
+    except (KeyError, IndexError, TypeError):
+        return []
 
 
 def raw_shard_key(patient: str, series: str) -> str:

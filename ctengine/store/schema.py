@@ -8,8 +8,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from ..constants import LUNG_WINDOW_HU, MEDIASTINUM_WINDOW_HU, RAW_DTYPE
-from . import shard
-from . import names
+from . import names, pyramid, shard
 from .names import FORMAT, FORMAT_VERSION, LUNG, LUNG_COLORS, LUNG_PROPERTIES, RAW
 
 
@@ -30,16 +29,35 @@ def root_attributes() -> dict[str, Any]:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "raw_codec": raw_codec().to_dict()}
 
 
-def ome_multiscales(name: str, *, scale: tuple[float, float, float] | None) -> dict[str, Any]:
-    """OME-Zarr 0.5 ``ome`` attribute of an image group with one level at path "0" (units mm)."""
+def ome_multiscales(name: str, *, scale: tuple[float, float, float] | None, levels: int = 0) -> dict[str, Any]:
+    """OME-Zarr 0.5 ``ome`` attribute of an image group: level 0 at path "0" and ``levels`` halvings of y
+    and x at paths "1".."n" (:mod:`ctengine.store.pyramid`).
+
+    Each level is scaled in mm (in pixels of level 0 when the spacing is
+    unknown) and shifted so that its pixel centres sit at the centres of the
+    2 x 2 blocks they summarise.
+
+    Examples
+    --------
+    >>> datasets = ome_multiscales("p/SR_2", scale=(2.0, 0.5, 0.5), levels=1)["multiscales"][0]["datasets"]
+    >>> [d["path"] for d in datasets], datasets[1]["coordinateTransformations"]
+    (['0', '1'], [{'type': 'scale', 'scale': [2.0, 1.0, 1.0]}, {'type': 'translation', 'translation': [0.0, 0.25, 0.25]}])
+    """
     axes = [{"name": axis, "type": "space", **({"unit": "millimeter"} if scale else {})} for axis in "zyx"]
-    transform = [{"type": "scale", "scale": [float(s) for s in (scale or (1.0, 1.0, 1.0))]}]
-    return {"version": "0.5", "multiscales": [{
-        "name": name, "axes": axes, "datasets": [{"path": RAW, "coordinateTransformations": transform}]}]}
+    sz, sy, sx = (float(s) for s in (scale or (1.0, 1.0, 1.0)))
+    datasets = []
+    for level in range(levels + 1):
+        f = float(2 ** level)
+        transform: list[dict[str, Any]] = [{"type": "scale", "scale": [sz, sy * f, sx * f]}]
+        if level:
+            transform.append({"type": "translation", "translation": [0.0, (f - 1) / 2 * sy, (f - 1) / 2 * sx]})
+        datasets.append({"path": names.level_name(level), "coordinateTransformations": transform})
+    return {"version": "0.5", "multiscales": [{"name": name, "axes": axes, "datasets": datasets,
+                                               "type": pyramid.METHOD}]}
 
 
 def ome_image(name: str, *, scale: tuple[float, float, float] | None, slope: float, intercept: float,
-              dtype: np.dtype | str = RAW_DTYPE) -> dict[str, Any]:
+              levels: int = 0, dtype: np.dtype | str = RAW_DTYPE) -> dict[str, Any]:
     """``ome`` attribute of a series image: its multiscales and an ``omero`` rendering in the lung window.
 
     The window is given in stored units (raw = (HU - intercept) / slope), so a
@@ -53,7 +71,7 @@ def ome_image(name: str, *, scale: tuple[float, float, float] | None, slope: flo
     >>> window["start"], window["end"], window["max"]
     (-326.0, 1174.0, 65535.0)
     """
-    ome = ome_multiscales(name, scale=scale)
+    ome = ome_multiscales(name, scale=scale, levels=levels)
     info = np.iinfo(np.dtype(dtype))
     (centre, width), (m_centre, m_width) = LUNG_WINDOW_HU, MEDIASTINUM_WINDOW_HU
     start, end = ((hu - intercept) / slope for hu in (centre - width / 2, centre + width / 2))
@@ -67,9 +85,9 @@ def ome_image(name: str, *, scale: tuple[float, float, float] | None, slope: flo
     return ome
 
 
-def ome_lung_label(name: str, *, scale: tuple[float, float, float] | None) -> dict[str, Any]:
+def ome_lung_label(name: str, *, scale: tuple[float, float, float] | None, levels: int = 0) -> dict[str, Any]:
     """OME-Zarr 0.5 ``ome`` attribute of the lung label group of a series: colours and names of the labels."""
-    ome = ome_multiscales(name, scale=scale)
+    ome = ome_multiscales(name, scale=scale, levels=levels)
     ome["image-label"] = {"version": "0.5", "colors": [dict(c) for c in LUNG_COLORS],
                           "properties": [dict(p) for p in LUNG_PROPERTIES], "source": {"image": "../../"}}
     return ome

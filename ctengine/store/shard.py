@@ -51,16 +51,16 @@ FRAME_OVERHEAD = 16
 _buffers = ThreadBuffers()
 
 
-def encode_stack(stack: np.ndarray) -> memoryview:
+def encode_stack(stack: np.ndarray, *, buffer: str = "shard") -> memoryview:
     """The shard of a (z, y, x) stack: the :func:`encode_chunk` frames in order, then their index and its CRC-32C.
 
-    The chunks are compressed straight into one buffer kept per thread, so
-    a series costs no new memory (and no page faults); the returned view
-    is valid until the thread's next call (see :class:`ThreadBuffers` for
-    the size up to which the buffer is kept).
+    The chunks are compressed straight into the buffer named ``buffer``,
+    kept per thread, so a series costs no new memory (and no page faults);
+    the returned view is valid until the thread's next call with the same
+    ``buffer`` (see :class:`ThreadBuffers` for the size up to which it is kept).
     """
     bound = stack[0].nbytes + FRAME_OVERHEAD if len(stack) else 0
-    view = memoryview(_buffers.get("shard", len(stack) * bound + shard_index_nbytes(len(stack)), np.uint8))
+    view = memoryview(_buffers.get(buffer, len(stack) * bound + shard_index_nbytes(len(stack)), np.uint8))
     index = np.empty((len(stack), 2), dtype="<u8")
     end = 0
     for z, image in enumerate(stack):

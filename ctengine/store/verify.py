@@ -1,5 +1,7 @@
 """Verify a store: check every series' metadata and shard, re-read every slice with plain zarr, compare checksums.
 
+Each series' pyramid levels are compared with those its verified slices give.
+
 Each missing or unreadable group, array, shard or chunk is reported with
 its path, and the damaged series are recorded in the store (root attribute
 :data:`~ctengine.store.names.DAMAGED`) for the next ``ingest`` to rewrite.
@@ -14,12 +16,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from .. import layout
 from ..driver import RunReport, map_series
 from ..tiffio import BadSliceError, decode_slice, slice_checksum
-from . import health
+from . import health, names, pyramid
 from .handle import Store, open_store
 
 
@@ -55,8 +58,24 @@ def _check_series(store: Store, patient: str, series: str, expected: list[str],
         stack = store.raw(patient, series)[:]
     except Exception as exc:
         return label, [(label, f"unreadable: {type(exc).__name__}: {exc}")], problems
-    return label, [(f"{label}/z{z}", "stored pixels do not match the catalog checksum")
-                   for z, checksum in enumerate(expected) if slice_checksum(stack[z]) != checksum], problems
+    damaged = [(f"{label}/z{z}", "stored pixels do not match the catalog checksum")
+               for z, checksum in enumerate(expected) if slice_checksum(stack[z]) != checksum]
+    return label, damaged or _pyramid_mismatches(store, label, stack), problems
+
+
+def _pyramid_mismatches(store: Store, label: str, stack) -> list[tuple[str, str]]:
+    """The pyramid levels of a series that differ from those its (verified) level 0 gives."""
+    group = store.root[label]
+    found = []
+    for k, level in enumerate(pyramid.levels(stack), 1):
+        try:
+            same = np.array_equal(group[names.level_name(k)][:], level)
+        except Exception as exc:
+            found.append((f"{label}/{k}", f"pyramid level unreadable: {type(exc).__name__}: {exc}"))
+            continue
+        if not same:
+            found.append((f"{label}/{k}", "pyramid level does not match the one level 0 gives"))
+    return found
 
 
 def _check_sources(copies: list[tuple[str, str, str]], expected: str) -> list[tuple[str, str]]:
@@ -118,8 +137,9 @@ def verify(store: str | os.PathLike, *, sources: Iterable[str | os.PathLike] = (
         if stored:  # damage of the store, not of the sources, is for ingest to rewrite
             damaged[label] = "; ".join(f"{what}: {why}" for what, why in stored[:3])
     report.failed_series.extend(outcome.failures)
+    report.cluster_seconds = outcome.cluster_seconds
     _record(opened, damaged, report)
-    report.seconds = time.perf_counter() - started
+    report.seconds = time.perf_counter() - started - report.cluster_seconds
     return report
 
 

@@ -1,0 +1,91 @@
+"""The multiscale pyramid of a series: levels 1..n halving y and x until a slice is at most 64 pixels.
+
+Level k of an image holds the 2 x 2 block means of level k - 1 (rounded
+half up, in the stored dtype, so raw values stay raw); level k of a label
+holds the blocks' modes (a tie goes to the larger label), so labels keep
+their values and their geometry matches the image's. A trailing odd row or
+column is left out. Level 0 is the stored series itself: only it is
+checksummed, read by the kernels and verified against the sources; the
+levels are checked against it by ``ctengine verify``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _pyramid_cpu, names
+
+__all__ = ["LEVEL_NAMES", "METHOD", "MIN_SIDE", "level_count", "level_shapes", "levels"]
+
+#: a level is made while the previous one's larger side exceeds this (pixels)
+MIN_SIDE = 64
+#: how the levels are made, as the OME-Zarr multiscales ``type`` says it (and what a lung label's plan names)
+METHOD = f"2x2 block mean down to {MIN_SIDE} pixels (labels: 2x2 block mode)"
+#: the array names levels 1..n can have (a slice side of up to 2**31 pixels): what xarray is told to
+#: leave out to open a store as a DataTree (``xr.open_datatree(store, drop_variables=LEVEL_NAMES)``)
+LEVEL_NAMES = tuple(names.level_name(k) for k in range(1, 32))
+
+
+def level_count(shape_yx: tuple[int, int]) -> int:
+    """Number of levels above 0 for slices of ``shape_yx`` (pixels).
+
+    Examples
+    --------
+    >>> level_count((512, 512)), level_count((64, 64)), level_count((96, 96)), level_count((128, 1))
+    (3, 0, 1, 0)
+    """
+    h, w = (int(n) for n in shape_yx)
+    count = 0
+    while max(h, w) > MIN_SIDE and min(h, w) >= 2:
+        h, w, count = h // 2, w // 2, count + 1
+    return count
+
+
+def level_shapes(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """Shapes (z, y, x) of levels 1..n of a stack of ``shape``.
+
+    Examples
+    --------
+    >>> level_shapes((3, 512, 333))
+    [(3, 256, 166), (3, 128, 83), (3, 64, 41)]
+    """
+    z, h, w = (int(n) for n in shape)
+    out = []
+    for _ in range(level_count((h, w))):
+        h, w = h // 2, w // 2
+        out.append((z, h, w))
+    return out
+
+
+def levels(stack: np.ndarray, *, labels: bool = False) -> list[np.ndarray]:
+    """Levels 1..n of a (z, y, x) stack: block means of an image, block modes of a label.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        Unsigned integer (z, y, x) stack: raw values or label values.
+    labels : bool
+        Halve by block mode (labels) instead of block mean (images).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One stack per level, in ``stack``'s dtype; empty when the slices are
+        at most :data:`MIN_SIDE` pixels already.
+
+    Examples
+    --------
+    >>> image = np.arange(16, dtype=np.uint16).reshape(1, 4, 4).repeat(32, 1).repeat(32, 2)
+    >>> [level.shape for level in levels(image)]
+    [(1, 64, 64)]
+    >>> label = np.tile(np.array([[[0, 1], [2, 2]]], np.uint8), (1, 64, 64))  # every 2 x 2 block: 0 1 / 2 2
+    >>> np.unique(levels(label, labels=True)[0])
+    array([2], dtype=uint8)
+    """
+    if stack.ndim != 3 or stack.dtype.kind != "u":
+        raise ValueError(f"levels need an unsigned integer (z, y, x) stack, got {stack.dtype} {stack.shape}")
+    halve = _pyramid_cpu.halve_mode if labels else _pyramid_cpu.halve_mean
+    out, level = [], stack
+    for _ in range(level_count(stack.shape[1:])):
+        level = halve(level)
+        out.append(level)
+    return out
