@@ -97,10 +97,22 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="t")
 
 
-def _caveat(n: int, what: str) -> str:
-    """A warning next to a number computed from few cases."""
-    return (f'<p class="caveat">Computed from {n} {what}: one case moves it by {100 / n:.0f} points; '
-            f"read it as a smoke test, not an estimate.</p>") if 0 < n < 30 else ""
+def _caveat(counts: dict[str, int], what: str, *, per_patient: bool = False) -> str:
+    """A warning next to figures computed from few patients of a class (fewer than 30 in any class)."""
+    n = sum(counts.values())
+    if not n or min(counts.values()) >= 30:
+        return ""
+    classes = ", ".join(f"{count} {name}" for name, count in counts.items())
+    moves = (f"one patient moves the share of right verdicts by {100 / n:.0f} points" if per_patient else
+             "the slices of one patient move together, so each class's figures rest on its few patients")
+    return (f'<p class="caveat">{what} from {n} patients ({classes}): {moves}; '
+            f"read them as a smoke test, not an estimate.</p>")
+
+
+def _class_counts(patients: pd.DataFrame) -> dict[str, int]:
+    """Patients per label (COVID first)."""
+    by_label = patients["label"].value_counts()
+    return {name: int(by_label.get(name, 0)) for name in ("covid", "normal")}
 
 
 def evaluation_section(metrics: dict[str, Any], patients: pd.DataFrame, evaluation: Path) -> str:
@@ -110,12 +122,23 @@ def evaluation_section(metrics: dict[str, Any], patients: pd.DataFrame, evaluati
              ("normal_sensitivity", "normal sensitivity"), ("auc", "ROC AUC")]
     table = pd.DataFrame({"metric": [label for _, label in names],
                           "value": [float(metrics.get(key, np.nan)) for key, _ in names]})
-    by_label = patients["label"].value_counts()
+    counts = _class_counts(patients)
     size = (f"<p>Test split: {int(metrics.get('images', 0))} labelled images of {len(patients)} patients "
-            f"({int(by_label.get('covid', 0))} COVID, {int(by_label.get('normal', 0))} normal).</p>")
-    return (size + _table(table) + _caveat(len(patients), "test patients")
+            f"({counts['covid']} COVID, {counts['normal']} normal).</p>")
+    return (size + _table(table) + _caveat(counts, "Image metrics of the test split")
             + _img((evaluation / "confusion.png").read_bytes(), "confusion matrix")
             + _img((evaluation / "roc.png").read_bytes(), "ROC"))
+
+
+def training_section(opened: Store, fold: int, history: list[dict[str, float]]) -> str:
+    """The training curve with the patients and slices per class of the train and validation splits."""
+    from .learn.train import describe_splits, split_lines
+
+    splits = describe_splits(opened.catalog, fold)
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in split_lines(splits))
+    validation = {name: c["patients"] for name, c in splits.get("validation", {}).items()}
+    return (f"<ul>{lines}</ul>" + _img(training_png(history), "training curve")
+            + _caveat(validation, "Validation accuracy"))
 
 
 def patients_table(opened: Store, evaluation: Path, fold: int) -> pd.DataFrame:
@@ -195,10 +218,10 @@ def write_report(out: str | os.PathLike, *, store: str, evaluation: str | os.Pat
            _img(montage_png(opened, p, "SR_2", count=6), "montage")) for p in examples),
         ("CT selection", _img(selection_png(opened, examples[0], "SR_2"), "selection")),
         ("HU features, COVID vs normal", _img(distributions_png(slices), "distributions")),
-        ("Training", _img(training_png(history), "training curve")),
+        ("Training", training_section(opened, fold, history)),
         ("Evaluation (paper definitions)", evaluation_section(metrics, patients, evaluation)),
         ("Patients of the test split (the authors' rule: COVID when >= 10 % of the selected SR_2 slices are)",
-         _table(patients) + _caveat(len(patients), "patients")),
+         _table(patients) + _caveat(_class_counts(patients), "Verdicts", per_patient=True)),
     ]
     if checkpoint is not None:
         cam = gradcam_png(store, checkpoint, evaluation)

@@ -116,7 +116,12 @@ def test_report_shows_verdicts_caveats_configuration_and_class_activation(learne
         assert heading in text, heading
     for column in ("verdict", "fraction_covid", "right", "lung_volume_l", "opacity_pct", "split"):
         assert f"<th>{column}</th>" in text, column
-    assert "<pre>" not in text and 'class="caveat"' in text   # 8 test patients: the caveat is written
+    assert "<pre>" not in text
+    # a few patients per split: the image metrics, the verdicts and the validation curve each carry a caveat
+    caveats = [line for line in text.split('<p class="caveat">')[1:]]
+    assert [c.split(" from ")[0] for c in caveats] == ["Validation accuracy", "Image metrics of the test split",
+                                                         "Verdicts"]
+    assert "<li>validation: covid " in text and "<li>train: covid " in text
     assert text.count("data:image/png;base64,") >= 7
     assert (root / "evaluation" / "gradcam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["config"] == config

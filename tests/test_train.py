@@ -44,12 +44,14 @@ def test_store_folds_with_a_patient_on_both_sides_are_refused(store):
         fold_catalog(catalog, 2)
 
 
-def test_train_and_evaluate_write_the_paper_outputs(store, tmp_path):
+def test_train_and_evaluate_write_the_paper_outputs(store, tmp_path, capsys):
     result = train(store, fold=1, epochs=1, batch_size=8, out=tmp_path / "run", progress=False,
                    input_size=32, threads=1, lung_only=False, crop=None)   # 64 x 64: no lung masks
     assert result.checkpoint.exists() and len(result.history) == 1
     assert np.isfinite(result.history[0]["loss"])
+    capsys.readouterr()
     metrics = evaluate(store, fold=1, checkpoint=result.checkpoint, out=tmp_path / "eval")
+    assert "evaluate fold 1" in capsys.readouterr().err  # the progress bar over the test slices
     predictions = pd.read_csv(tmp_path / "eval/predictions.csv")
     assert list(predictions.columns) == ["patient", "series", "instance", "label", "probability", "prediction",
                                          "labelled", "selected"]

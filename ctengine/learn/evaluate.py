@@ -32,7 +32,8 @@ def evaluation_rows(catalog: pd.DataFrame, fold: int) -> pd.DataFrame:
 
 def evaluate(store: str | os.PathLike, *, fold: int, checkpoint: str | os.PathLike,
              out: str | os.PathLike = "evaluation", threshold: float = PATIENT_COVID_FRACTION,
-             batch_size: int = 16, device: str = "auto", seed: int = 0, storage_options: dict | None = None) -> dict[str, Any]:
+             batch_size: int = 16, device: str = "auto", seed: int = 0, storage_options: dict | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """Write ``predictions.csv``, ``metrics.json``, ``metrics.md`` and PNG plots for fold ``fold``.
 
     Parameters
@@ -53,6 +54,8 @@ def evaluate(store: str | os.PathLike, *, fold: int, checkpoint: str | os.PathLi
         Seed of the folds made when the store has none.
     storage_options : dict, optional
         fsspec options of a remote store.
+    progress : bool
+        Show a progress bar over the test slices.
 
     Returns
     -------
@@ -71,7 +74,8 @@ def evaluate(store: str | os.PathLike, *, fold: int, checkpoint: str | os.PathLi
     rows = evaluation_rows(catalog, fold)
     if rows.empty:
         raise ValueError(f"fold {fold} has no test slices to evaluate")
-    probability = predict_rows(net, store, rows, batch_size=batch_size, storage_options=storage_options)
+    probability = predict_rows(net, store, rows, batch_size=batch_size, storage_options=storage_options,
+                               progress=f"evaluate fold {fold}" if progress else None)
     predictions = pd.DataFrame({
         "patient": rows["patient"], "series": rows["series"], "instance": rows["instance"],
         "label": rows["target"].map(dict(enumerate(CLASS_NAMES))), "patient_label": rows["label"],

@@ -44,19 +44,28 @@ def covid_probabilities(net, batches: Iterable[torch.Tensor]) -> np.ndarray:
 
 
 def predict_rows(net, store: str | os.PathLike, rows: pd.DataFrame, *, batch_size: int = 16, threads: int = 2,
-                 storage_options: dict | None = None) -> np.ndarray:
+                 storage_options: dict | None = None, progress: str | None = None) -> np.ndarray:
     """COVID probability of every row (catalog rows with patient, series, z; any target).
 
     Slices come from the store through :class:`~ctengine.learn.loader.SliceLoader`
-    (lung only when ``net.config["lung_only"]``), as in training.
+    (lung only when ``net.config["lung_only"]``), as in training. ``progress``
+    names a progress bar over the slices (None: no bar).
     """
+    from tqdm.auto import tqdm
+
     rows = rows.reset_index(drop=True)
     if "target" not in rows:
         rows = rows.assign(target=0)
     device = next(net.parameters()).device
     with SliceLoader(store, rows, batch_size=batch_size, threads=threads, lung_only=net.config["lung_only"],
-                     storage_options=storage_options) as loader:
-        return covid_probabilities(net, (images for images, _, _ in DeviceLoader(loader, str(device))))
+                     storage_options=storage_options) as loader, \
+            tqdm(total=len(rows), unit="slice", desc=progress, disable=progress is None, leave=False) as bar:
+        def images():
+            for batch, _, _ in DeviceLoader(loader, str(device)):
+                yield batch
+                bar.update(len(batch))
+
+        return covid_probabilities(net, images())
 
 
 def series_inputs(raw: np.ndarray, *, spacing: tuple[float, float] | None, slope: float, intercept: float,

@@ -270,7 +270,8 @@ def train(store: str | os.PathLike, *, fold: int = 1, model: str = "small", epoc
                    "lr": optimizer.param_groups[0]["lr"]}
             if validation is not None and len(validation):
                 probabilities = predict_rows(net, store, validation, batch_size=batch_size, threads=threads,
-                                             storage_options=storage_options)
+                                             storage_options=storage_options,
+                                             progress=f"validation {epoch + 1}/{epochs}" if progress else None)
                 row["val_accuracy"] = float(((probabilities >= 0.5).astype(int) == validation["target"]).mean())
             history.append(row)
     net.eval()
