@@ -1,28 +1,13 @@
-"""The pyramid's halvings of a (z, y, x) stack: block means in numpy, block modes in Numba (one thread, cached).
+"""Numba kernel of the label pyramid: 2 x 2 block modes of a (z, y, x) stack (one thread, cached).
 
-Block means are four strided numpy additions (0.2 ms per 512 x 512 slice
-for all levels), so ingest, which runs no other Numba kernel, compiles
-nothing: a JIT compile in a worker costs about 60 MB. Block modes, for the
-labels the feature pass writes (its workers run Numba kernels anyway), are
-a Numba loop. A series is one Dask task, so both run on one thread.
+Only the feature pass, whose workers run Numba kernels anyway, halves
+labels; ingest halves images with numpy and never imports this module.
 Results equal :mod:`ctengine.store._pyramid_reference` exactly.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
-
-
-def halve_mean(level: np.ndarray) -> np.ndarray:
-    """(sum of each 2 x 2 block + 2) // 4 of an unsigned stack, in its dtype (odd last row / column left out)."""
-    h, w = level.shape[1] // 2 * 2, level.shape[2] // 2 * 2
-    wide = np.uint32 if level.dtype.itemsize <= 2 else np.uint64  # room for four values
-    rows = level[:, 0:h:2, :w].astype(wide)
-    rows += level[:, 1:h:2, :w]
-    total = rows[:, :, 0::2] + rows[:, :, 1::2]
-    total += 2
-    total >>= 2
-    return total.astype(level.dtype)
 
 
 @njit(cache=True, inline="always")
