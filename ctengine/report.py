@@ -154,6 +154,15 @@ def patients_table(opened: Store, evaluation: Path, fold: int) -> pd.DataFrame:
                                "fraction": "fraction_covid", "decision": "verdict"})
 
 
+def gradcam_picks(predictions: pd.DataFrame, *, per_group: int = 4) -> pd.DataFrame:
+    """Labelled test slices to explain: ``per_group // 2`` right COVID, as many right normal, ``per_group`` wrong."""
+    labelled = predictions[predictions["labelled"]]
+    right = labelled[labelled["label"] == labelled["prediction"]]
+    wrong = labelled[labelled["label"] != labelled["prediction"]]
+    return pd.concat([right[right["label"] == "covid"].head(per_group // 2),
+                      right[right["label"] == "normal"].head(per_group // 2), wrong.head(per_group)])
+
+
 def gradcam_png(store: str, checkpoint: str | os.PathLike, evaluation: Path, *, per_group: int = 4) -> bytes | None:
     """Grad-CAM overlays of right and wrong labelled test slices (None when there are no predictions)."""
     import torch
@@ -162,12 +171,7 @@ def gradcam_png(store: str, checkpoint: str | os.PathLike, evaluation: Path, *, 
     from .learn.loader import SliceLoader
     from .learn.model import load_checkpoint
 
-    predictions = pd.read_csv(evaluation / "predictions.csv")
-    labelled = predictions[predictions["labelled"]]
-    right = labelled[labelled["label"] == labelled["prediction"]]
-    wrong = labelled[labelled["label"] != labelled["prediction"]]
-    picks = pd.concat([right[right["label"] == "covid"].head(per_group // 2),
-                       right[right["label"] == "normal"].head(per_group // 2), wrong.head(per_group)])
+    picks = gradcam_picks(pd.read_csv(evaluation / "predictions.csv"), per_group=per_group)
     if picks.empty:
         return None
     catalog = open_store(store).catalog

@@ -44,6 +44,6 @@ class _Report(RunReport):
 
 def test_report_to_dict():
     report = _Report(store="s.zarr", seconds=2.5, count=3, failed_series=[("p/s", "boom")])
-    assert report.to_dict() == {"store": "s.zarr", "seconds": 2.5, "failed_series": [["p/s", "boom"]], "count": 3,
-                                "twice": 6}
+    assert report.to_dict() == {"store": "s.zarr", "seconds": 2.5, "failed_series": [["p/s", "boom"]],
+                                "cluster_seconds": 0.0, "count": 3, "twice": 6}
     assert not report.ok

@@ -8,6 +8,7 @@ minute on two cores).
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -100,6 +101,18 @@ def test_predict_explain_writes_overlays_of_the_selected_slices(learned, tmp_pat
     selected = [r["file"] for r in out["rows"] if r["selected"]]
     assert out["explain"]["files"] and set(out["explain"]["files"]) <= set(selected)
     assert (tmp_path / "explain" / "gradcam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grad_cam_explains_right_slices_of_each_class_and_wrong_ones():
+    from ctengine.report import gradcam_picks
+
+    rows = [("covid", "covid"), ("covid", "normal"), ("normal", "normal"), ("normal", "covid"), ("covid", "covid"),
+            ("normal", "normal"), ("covid", "covid")]
+    predictions = pd.DataFrame(rows, columns=["label", "prediction"]).assign(labelled=[True] * 6 + [False])
+    picks = gradcam_picks(predictions, per_group=4)  # the unlabelled last row is never picked
+    assert list(zip(picks["label"], picks["prediction"])) == [
+        ("covid", "covid"), ("covid", "covid"), ("normal", "normal"), ("normal", "normal"),
+        ("covid", "normal"), ("normal", "covid")]
 
 
 def test_report_shows_verdicts_caveats_configuration_and_class_activation(learned, tmp_path):
