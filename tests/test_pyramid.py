@@ -46,6 +46,14 @@ def test_block_means_equal_the_reference_on_random_stacks(shape, dtype):
     assert_levels_equal_reference(stack)
 
 
+@pytest.mark.parametrize("top", [16382, 16383, 16384, 65535])  # sums kept in uint16 up to 16,383
+def test_block_means_equal_the_reference_on_both_sides_of_the_narrow_sum(top):
+    rng = np.random.default_rng(top)
+    stack = rng.integers(top - 3, top, (2, 130, 130), dtype=np.uint16, endpoint=True)
+    stack[0, 0, 0] = top
+    assert_levels_equal_reference(stack)
+
+
 @pytest.mark.parametrize("values", [2, 3, 7, 256])
 def test_block_modes_equal_the_reference_on_random_labels(values):
     rng = np.random.default_rng(values)
