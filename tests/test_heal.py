@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import shutil
 
+import google_crc32c
 import numpy as np
 import pandas as pd
 import pytest
@@ -233,14 +234,19 @@ def test_the_command_names_the_healed_series(capsys):
 
 # ---------------------------------------------------------------- (d) features refuse rotten pixels
 
-def test_features_fail_a_series_whose_pixels_do_not_match_the_catalog(tmp_path, client):
+@pytest.mark.parametrize("crc32c", [True, False], ids=["by-crc32c", "by-sha256-without-crc32c"])
+def test_features_fail_a_series_whose_pixels_do_not_match_the_catalog(tmp_path, client, crc32c):
     from ctengine.features import compute_features
     from ctengine.synth import write_cohort
 
     write_cohort(tmp_path / "src", patients=1, slices_per_series=4, seed=4, progress=False, workers=1)
     store = tmp_path / "s.zarr"
     ctengine.ingest([tmp_path / "src"], store, client=client, progress=False)
-    raw = zarr.open_array(store / names.series_path(*DAMAGED, names.RAW), mode="r+")
+    group = zarr.open_group(store / names.series_path(*DAMAGED), mode="r+")
+    raw = group[names.RAW]
+    assert group.attrs[names.PIXEL_CRC32C] == [google_crc32c.value(image.tobytes()) for image in raw[:]]
+    if not crc32c:  # a series written before the CRC-32C was kept: its slices are hashed with SHA-256
+        group.attrs.pop(names.PIXEL_CRC32C)
     raw[2] = raw[2] ^ np.uint16(1)  # well-formed chunk, pixels not those the catalog names
     report = compute_features(store, client=client, progress=False)
     assert [series for series, _ in report.failed_series] == ["patient1/SR_2"]

@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..constants import DEVICES
 from ..driver import RunReport, map_series
-from ..store import Store, names, open_store, pyramid
+from ..store import Store, names, open_store, pyramid, shard
 from ..tiffio import slice_checksum
 from .aggregate import stats_to_frame
 from .dictionary import LEGACY_COLUMNS, TABLE_COLUMNS, arrow_table
@@ -108,7 +108,7 @@ def compute_series(store: Store, patient: str, series: str, device: str = "cpu",
         done = done.rename(columns=LEGACY_COLUMNS)
         return {"patient": patient, "series": series, "status": "skipped", "table": done, "spacing_known": known}
     raw = store.read_raw(patient, series)
-    _check_pixels(raw, attrs["checksums"] if checksums is None else checksums, f"{patient}/{series}")
+    _check_pixels(raw, attrs, attrs["checksums"] if checksums is None else checksums, f"{patient}/{series}")
     if device == "gpu":
         import cupy
 
@@ -121,11 +121,21 @@ def compute_series(store: Store, patient: str, series: str, device: str = "cpu",
     return {"patient": patient, "series": series, "status": "computed", "table": table, "spacing_known": known}
 
 
-def _check_pixels(raw: np.ndarray, checksums: list[str], label: str) -> None:
-    """Raise ValueError naming the slices of ``raw`` whose SHA-256 is not the catalog's."""
+def _check_pixels(raw: np.ndarray, attrs: dict[str, Any], checksums: list[str], label: str) -> None:
+    """Raise ValueError naming the slices of ``raw`` that are not the ones the catalog's checksums name.
+
+    The series' attributes hold the catalog's SHA-256 and, written with the
+    pixels, each slice's CRC-32C: when the SHA-256 lists agree, the CRC-32C
+    is checked (0.03 ms a slice); a series without CRC-32C (written before
+    it was kept) is hashed with SHA-256 (0.25 ms a slice).
+    """
     if len(raw) != len(checksums):
         raise ValueError(f"{label}: {len(raw)} slices stored, catalog lists {len(checksums)}")
-    bad = [z for z, (image, checksum) in enumerate(zip(raw, checksums)) if slice_checksum(image) != checksum]
+    crcs = attrs.get(names.PIXEL_CRC32C)
+    if crcs is not None and len(crcs) == len(raw) and list(attrs.get("checksums", [])) == list(checksums):
+        bad = [z for z, (got, want) in enumerate(zip(shard.pixel_crc32c(raw), crcs)) if got != want]
+    else:
+        bad = [z for z, (image, checksum) in enumerate(zip(raw, checksums)) if slice_checksum(image) != checksum]
     if bad:
         raise ValueError(f"{label}: stored pixels of slice(s) z={', '.join(map(str, bad))} do not match the "
                          f"catalog checksum (run `ctengine verify`, then `ctengine ingest` to rewrite the series)")

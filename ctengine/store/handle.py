@@ -298,6 +298,7 @@ class Store:
         :mod:`ctengine.store.replace`); return the bytes of level 0's shard.
         """
         path = names.series_path(patient, series)
+        attrs = {**attrs, names.PIXEL_CRC32C: shard.pixel_crc32c(stack)}
         stacks = [stack, *pyramid.levels(stack)]
         shards = [shard.encode_stack(level, buffer=f"shard{k}") for k, level in enumerate(stacks)]
 

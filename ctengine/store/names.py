@@ -62,6 +62,10 @@ PARTIAL_SUFFIX = ".partial"
 DAMAGED = "damaged"
 #: catalog columns written by the feature pipeline and their value for a slice without features
 FEATURE_COLUMNS: dict[str, Any] = {"selected": False, "selected_by_area": False, "dark_count": -1}
+#: series attribute: the CRC-32C of each slice's little-endian pixels, written with the pixels in one swap.
+#: The feature pass checks it (0.03 ms a slice against SHA-256's 0.25); the catalog's SHA-256 stays the
+#: checksum that ``verify`` proves the store with
+PIXEL_CRC32C = "pixel_crc32c"
 #: attribute holding the completion marker
 MARKER = "ctengine"
 #: value of the series attributes ``spacing_mm`` and ``thickness_mm`` when no metadata gives them

@@ -40,6 +40,13 @@ def encode_chunk(image: np.ndarray, *, clevel: int = BLOSC_CLEVEL, out: memoryvi
                                     typesize=image.dtype.itemsize, numthreads=1, out=out)
 
 
+def pixel_crc32c(stack: np.ndarray) -> list[int]:
+    """CRC-32C of each slice's little-endian pixels (z, y, x stack), as the series attribute
+    :data:`~ctengine.store.names.PIXEL_CRC32C` holds them."""
+    stack = np.ascontiguousarray(stack, dtype=stack.dtype.newbyteorder("<"))
+    return [int(google_crc32c.value(image)) for image in stack]
+
+
 def index_crc(index_bytes: bytes) -> bytes:
     """The CRC-32C (4 bytes, little endian) that closes a shard's index."""
     return np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
