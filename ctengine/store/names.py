@@ -7,7 +7,8 @@
     STORE/quarantine/<column>                files refused by ingest (location, reason)
     STORE/<patient>/zarr.json                label and demographics
     STORE/<patient>/<series>/zarr.json       OME-Zarr 0.5 multiscales; thickness, spacing,
-                                             rescale, kernel, instances, checksums, sources
+                                             rescale, kernel, instances, checksums, pixel
+                                             CRC-32C, sources
     STORE/<patient>/<series>/0               raw uint16 (z, y, x): 1 slice per chunk,
                                              the series in one shard (key ``0/c/0/0/0``)
     STORE/<patient>/<series>/1 .. n          the pyramid: y and x halved per level down to 64 pixels
