@@ -41,7 +41,8 @@ def group_damage(store: Store, path: str, what: str) -> list[tuple[str, str]]:
     return _document(store, f"{path}/zarr.json", what)[1]
 
 
-def series_damage(store: Store, patient: str, series: str, n_slices: int | None = None) -> list[tuple[str, str]]:
+def series_damage(store: Store, patient: str, series: str, n_slices: int | None = None, *,
+                  older_format: bool = True) -> list[tuple[str, str]]:
     """Structural problems of a stored series as (path, reason); empty when it looks whole.
 
     Checks the series group's and the raw array's ``zarr.json`` (present,
@@ -55,6 +56,10 @@ def series_damage(store: Store, patient: str, series: str, n_slices: int | None 
     patient, series : str
     n_slices : int, optional
         Slices the catalog lists; a different array length is a problem.
+    older_format : bool
+        Count a series that lists level 0 only (written before pyramids) as
+        a problem, for ingest to write it again with its pyramid; ``verify``
+        does not (its pixels are whole).
 
     Returns
     -------
@@ -71,17 +76,19 @@ def series_damage(store: Store, patient: str, series: str, n_slices: int | None 
         problems.append((f"{path}/{names.RAW}", f"{shape[0]} slices stored, catalog lists {n_slices}"))
     problems += _shard_damage(store, f"{path}/{names.RAW}", shape[0])
     if group is not None:
-        problems += _pyramid_damage(store, path, group.get("attributes") or {}, shape)
+        problems += _pyramid_damage(store, path, group.get("attributes") or {}, shape, older_format)
     return problems
 
 
-def _pyramid_damage(store: Store, path: str, attrs: dict, shape: tuple[int, ...]) -> list[tuple[str, str]]:
+def _pyramid_damage(store: Store, path: str, attrs: dict, shape: tuple[int, ...],
+                    older_format: bool) -> list[tuple[str, str]]:
     """Problems of the pyramid of the series at ``path`` whose level 0 has ``shape``."""
     expected = [names.level_name(k) for k in range(1 + pyramid.level_count(shape[1:]))]
     listed = names.level_paths(attrs)
+    if listed == [names.RAW] != expected:
+        return [(path, "no pyramid (written before pyramids)")] if older_format else []
     if listed != expected:
-        return [(path, f"pyramid levels {listed} listed where {expected} belong (written before pyramids, "
-                       "or damaged)")]
+        return [(path, f"pyramid levels {listed} listed where {expected} belong")]
     problems = []
     for k, level_shape in enumerate(pyramid.level_shapes(shape), 1):
         array_path = f"{path}/{names.level_name(k)}"

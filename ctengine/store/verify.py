@@ -51,7 +51,7 @@ def _check_series(store: Store, patient: str, series: str, expected: list[str],
     label = f"{patient}/{series}"
     problems = [problem for checksum, copies in sources for problem in _check_sources(copies, checksum)]
     damage = health.group_damage(store, patient, "patient group") + \
-        health.series_damage(store, patient, series, len(expected))
+        health.series_damage(store, patient, series, len(expected), older_format=False)
     if damage:
         return label, damage, problems
     try:
@@ -66,8 +66,9 @@ def _check_series(store: Store, patient: str, series: str, expected: list[str],
 def _pyramid_mismatches(store: Store, label: str, stack) -> list[tuple[str, str]]:
     """The pyramid levels of a series that differ from those its (verified) level 0 gives."""
     group = store.root[label]
+    listed = len(names.level_paths(group.attrs)) - 1  # 0 for a series written before pyramids
     found = []
-    for k, level in enumerate(pyramid.levels(stack), 1):
+    for k, level in enumerate(pyramid.levels(stack)[:listed], 1):
         try:
             same = np.array_equal(group[names.level_name(k)][:], level)
         except Exception as exc:
