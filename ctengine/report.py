@@ -105,7 +105,7 @@ def _caveat(counts: dict[str, int], what: str, *, per_patient: bool = False) -> 
     classes = ", ".join(f"{count} {name}" for name, count in counts.items())
     moves = (f"one patient moves the share of right verdicts by {100 / n:.0f} points" if per_patient else
              "the slices of one patient move together, so each class's figures rest on its few patients")
-    return (f'<p class="caveat">{what} from {n} patients ({classes}): {moves}; '
+    return (f'<p class="caveat">{what} from {n} patient{"" if n == 1 else "s"} ({classes}): {moves}; '
             f"read them as a smoke test, not an estimate.</p>")
 
 

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 import ctengine
 from ctengine.learn.evaluate import evaluate, evaluation_rows
-from ctengine.learn.train import fold_catalog, train
+from ctengine.learn.train import count, fold_catalog, train
 from conftest import SMALL, make_tree
 
 
@@ -157,4 +157,4 @@ def test_train_says_what_it_trains_on(tmp_path, client):
     first = result.output.splitlines()[:3]
     assert first[0].startswith("training small on fold 1")
     for name, counts in data["train"].items():
-        assert f"{name} {counts['patients']} patients / {counts['slices']} slices" in first[1]
+        assert f"{name} {count(counts['patients'], 'patient')} / {count(counts['slices'], 'slice')}" in first[1]

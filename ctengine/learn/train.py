@@ -98,9 +98,14 @@ def describe_splits(catalog: pd.DataFrame, fold: int) -> dict[str, dict[str, dic
     return out
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless n is 1 ("1 patient", "2 patients")."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def split_lines(data: dict[str, dict[str, dict[str, int]]]) -> list[str]:
     """One line per split: patients (by patient label) and slices (by slice target) per class."""
-    return [f"{split}: " + ", ".join(f"{name} {c['patients']} patients / {c['slices']} slices"
+    return [f"{split}: " + ", ".join(f"{name} {count(c['patients'], 'patient')} / {count(c['slices'], 'slice')}"
                                      for name, c in classes.items()) for split, classes in data.items()]
 
 
