@@ -72,7 +72,6 @@ def distributions_png(slices: pd.DataFrame) -> bytes:
                 ax.hist(values, bins=30, alpha=0.6, color=colour, label=f"{label} ({len(values)} slices)")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle("HU features of selected slices by patient label", fontsize=10)
     return png_bytes(fig)
 
 
@@ -221,7 +220,7 @@ def write_report(out: str | os.PathLike, *, store: str, evaluation: str | os.Pat
         *((f"Lung masks of {p} ({labels.set_index('patient').loc[p, 'label']})",
            _img(montage_png(opened, p, "SR_2", count=6), "montage")) for p in examples),
         ("CT selection", _img(selection_png(opened, examples[0], "SR_2"), "selection")),
-        ("HU features, COVID vs normal", _img(distributions_png(slices), "distributions")),
+        ("HU features of selected slices, COVID vs normal patients", _img(distributions_png(slices), "distributions")),
         ("Training", training_section(opened, fold, history)),
         ("Evaluation (paper definitions)", evaluation_section(metrics, patients, evaluation)),
         ("Patients of the test split (the authors' rule: COVID when >= 10 % of the selected SR_2 slices are)",
