@@ -162,7 +162,8 @@ def _print_ingest(report) -> None:
                    f"({report.series_skipped} already complete) in {report.seconds:.1f} s: "
                    f"{report.slices_per_second:.0f} slices/s (cluster start-up not counted), "
                    f"{report.bytes_raw / 1e6:.0f} MB raw -> "
-                   f"{report.bytes_stored / 1e6:.0f} MB stored (ratio {report.ratio:.2f})")
+                   f"{report.bytes_stored / 1e6:.0f} MB stored (ratio {report.ratio:.2f}) "
+                   f"+ {report.bytes_pyramid / 1e6:.0f} MB pyramid")
     for series, reason in report.healed:
         click.echo(f"healed: {series}: {reason}")
     for location, reason in report.quarantined:

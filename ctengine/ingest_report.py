@@ -39,7 +39,9 @@ class IngestReport(RunReport):
         Slices in the store's catalog after the run.
     slices_written, series_written, series_skipped : int
     bytes_raw, bytes_stored : int
-        Raw pixel bytes read and encoded shard bytes written.
+        Raw pixel bytes read and encoded shard bytes of full-resolution slices written (``ratio``).
+    bytes_pyramid : int
+        Encoded shard bytes of the pyramid levels written with them.
     entries_stored, entries_failed : int
         Source files (or archive members) stored, and those of series that failed.
     quarantined : list of (str, str)
@@ -65,6 +67,7 @@ class IngestReport(RunReport):
     series_skipped: int = 0
     bytes_raw: int = 0
     bytes_stored: int = 0
+    bytes_pyramid: int = 0
     entries_stored: int = 0
     entries_failed: int = 0
     quarantined: list[tuple[str, str]] = field(default_factory=list)

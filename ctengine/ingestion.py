@@ -96,7 +96,8 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
         return {**result, "status": "empty"}
     attrs = dict(task.attrs, instances=instances, checksums=checksums, quarantined=quarantined)
     stored = task.store.write_series(task.patient, task.series, images, attrs, task.plan)
-    return {**result, "status": "written", "bytes_raw": images.nbytes, "bytes_stored": stored}
+    return {**result, "status": "written", "bytes_raw": images.nbytes, "bytes_stored": stored[0],
+            "bytes_pyramid": sum(stored[1:])}
 
 
 #: the file and the stack each worker thread reads and decodes into, series after series (the file buffer
@@ -350,6 +351,7 @@ def _apply_results(catalog: pd.DataFrame, results: list[dict[str, Any]], report:
         report.quarantined.extend(tuple(q) for q in result["quarantined"])
         report.bytes_raw += result["bytes_raw"]
         report.bytes_stored += result["bytes_stored"]
+        report.bytes_pyramid += result.get("bytes_pyramid", 0)
         if result["status"] == "written":
             report.series_written += 1
             if result.get("healed"):

@@ -191,3 +191,14 @@ def test_verify_finds_a_level_that_does_not_match_level_0_and_ingest_heals_it(st
     assert list(health.damaged_series(open_store(store))) == ["patient1/SR_2"]
     assert ingest(src, store, client).series_written == 1
     assert verify(store, client=client).ok
+
+
+def test_ingest_reports_the_bytes_of_level_0_and_of_the_pyramid_apart(tmp_path, client):
+    make_tree(tmp_path / "src", shape=SHAPE)
+    report = ingest(tmp_path / "src", tmp_path / "s.zarr", client)
+
+    def shard_bytes(level: str) -> int:
+        return sum(p.stat().st_size for p in (tmp_path / "s.zarr").glob(f"*/*/{level}/c/0/0/0"))
+
+    assert report.bytes_stored == shard_bytes("0") and report.bytes_pyramid == shard_bytes("1") > 0
+    assert report.ratio == report.bytes_raw / report.bytes_stored

@@ -291,11 +291,12 @@ class Store:
             path, lambda root: self.finish_series(root.create_group(path, attributes=old), attrs, plan, levels=levels))
         self.put(f"{path}/zarr.json", objects["zarr.json"])
 
-    def write_series(self, patient: str, series: str, stack: np.ndarray, attrs: dict[str, Any], plan: str) -> int:
+    def write_series(self, patient: str, series: str, stack: np.ndarray, attrs: dict[str, Any],
+                     plan: str) -> list[int]:
         """Write a whole series (shard, pyramid, array and group metadata, marked complete) in place of the old one.
 
         The old series stays readable until the new one is whole (see
-        :mod:`ctengine.store.replace`); return the bytes of level 0's shard.
+        :mod:`ctengine.store.replace`); return the bytes of each level's shard, level 0 first.
         """
         path = names.series_path(patient, series)
         attrs = {**attrs, names.PIXEL_CRC32C: shard.pixel_crc32c(stack)}
@@ -313,7 +314,7 @@ class Store:
                    **replace.group_objects(path, build)}
         self.root.require_group(patient)
         replace.replace_group(self.fs, self.base, path, objects, local=self.local)
-        return len(shards[0])
+        return [len(data) for data in shards]
 
     # ------------------------------------------------------------ lung labels (features)
 
