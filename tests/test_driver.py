@@ -27,6 +27,28 @@ def test_a_second_run_computes_again(client):
                           progress=False).results == [1, 1]
 
 
+def test_a_cluster_started_for_the_run_is_timed_apart(monkeypatch):
+    """The start-up and shutdown of the run's own cluster go to cluster_seconds (a scripted clock)."""
+    import contextlib
+    import types
+
+    from distributed import Client
+
+    import ctengine.cluster
+    import ctengine.driver
+
+    @contextlib.contextmanager
+    def in_process_cluster():
+        with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c:
+            yield c
+
+    ticks = iter([10.0, 12.5, 20.0, 21.0])  # start, started, closing, closed
+    monkeypatch.setattr(ctengine.cluster, "dask_client", in_process_cluster)
+    monkeypatch.setattr(ctengine.driver, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    outcome = map_series(_half, [(2,)], labels=["a/1"], name="own", progress=False)
+    assert outcome.results == [1] and outcome.cluster_seconds == 3.5
+
+
 def test_one_label_per_task():
     with pytest.raises(ValueError, match="one entry per task"):
         map_series(_half, [(2,)], labels=[], name="x", progress=False)

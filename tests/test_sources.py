@@ -203,6 +203,25 @@ def test_features_treat_dicom_and_nifti_alike(stores):
     assert 2.0 * (a & b).sum() / (a.sum() + b.sum()) > 0.99
 
 
+def test_real_ct_series_and_labels_carry_their_pyramid(stores, client):
+    """LIDC stored values run to about 36,000 (offset 32,768): the block means take the widened sums."""
+    import zarr
+
+    from ctengine.store import names
+    from ctengine.store._pyramid_reference import halve_mean, halve_mode
+
+    opened = open_store(stores["store"])
+    for patient, series in ((PATIENT, SERIES), ("lidc20", "SR_1")):
+        group = zarr.open_group(stores["store"] / patient / series, mode="r")
+        raw, mask = opened.read_raw(patient, series), opened.lung_mask(patient, series)[:]
+        assert names.level_paths(group.attrs) == ["0", "1", "2", "3"]
+        assert [group[k].shape[1:] for k in "123"] == [(256, 256), (128, 128), (64, 64)]
+        np.testing.assert_array_equal(group["1"][:], halve_mean(raw))
+        np.testing.assert_array_equal(group["labels/lung/1"][:], halve_mode(mask))
+    assert opened.read_raw(PATIENT, SERIES).max() > 16383
+    assert verify(stores["store"], client=client).ok
+
+
 def test_info_and_loader(stores):
     info = store_info(stores["store"])
     assert (info["patients"], info["series"], info["slices"]) == (2, 2, 40)
