@@ -86,11 +86,13 @@ def ingest_series(task: SeriesTask) -> dict[str, Any]:
         if {k: done.get(k) for k in given} != json.loads(json.dumps(given)):  # new metadata only
             task.store.update_series(task.patient, task.series, {**given, **kept}, task.plan)
         return {"patient": task.patient, "series": task.series, "status": "skipped", "bytes_raw": 0,
-                "bytes_stored": 0, "healed": None, **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
+                "bytes_stored": 0, "bytes_pyramid": 0, "healed": None,
+                **{k: done[k] for k in ("instances", "checksums", "quarantined")}}
     # DICOM and volume series (ctengine.sources) read themselves
     instances, images, checksums, quarantined = task.read() if hasattr(task, "read") else _read_series(task)
     result = {"patient": task.patient, "series": task.series, "instances": instances, "checksums": checksums,
-              "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0, "healed": damage}
+              "quarantined": quarantined, "bytes_raw": 0, "bytes_stored": 0, "bytes_pyramid": 0,
+              "healed": damage}
     if not len(images):
         task.store.begin_series(task.patient, task.series)
         return {**result, "status": "empty"}
@@ -351,7 +353,7 @@ def _apply_results(catalog: pd.DataFrame, results: list[dict[str, Any]], report:
         report.quarantined.extend(tuple(q) for q in result["quarantined"])
         report.bytes_raw += result["bytes_raw"]
         report.bytes_stored += result["bytes_stored"]
-        report.bytes_pyramid += result.get("bytes_pyramid", 0)
+        report.bytes_pyramid += result["bytes_pyramid"]
         if result["status"] == "written":
             report.series_written += 1
             if result.get("healed"):

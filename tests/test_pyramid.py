@@ -202,3 +202,11 @@ def test_ingest_reports_the_bytes_of_level_0_and_of_the_pyramid_apart(tmp_path, 
 
     assert report.bytes_stored == shard_bytes("0") and report.bytes_pyramid == shard_bytes("1") > 0
     assert report.ratio == report.bytes_raw / report.bytes_stored
+
+
+def test_new_metadata_for_a_series_written_before_pyramids_keeps_its_one_level(stored, client):
+    _, store, _ = stored
+    drop_the_pyramid(store)
+    opened = open_store(store, mode="a")
+    opened.update_series(*DAMAGED, {"kernel": "B45f"}, "plan")
+    assert names.level_paths(opened.series_attrs(*DAMAGED)) == ["0"]

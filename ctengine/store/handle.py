@@ -286,7 +286,7 @@ class Store:
         """
         path = names.series_path(patient, series)
         old = dict(self.series_group(patient, series).attrs)
-        levels = len(names.level_paths(old)) - 1
+        levels = max(len(names.level_paths(old)) - 1, 0)  # the levels it has (none before pyramids)
         objects = replace.group_objects(
             path, lambda root: self.finish_series(root.create_group(path, attributes=old), attrs, plan, levels=levels))
         self.put(f"{path}/zarr.json", objects["zarr.json"])
