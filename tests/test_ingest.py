@@ -199,7 +199,7 @@ def test_cli_exits_1_with_one_line_when_nothing_is_stored(tree, tmp_path, client
 
 
 #: runs the ``ctengine`` command with one change on the workers: the series that reaches
-#: ``finish_series`` after another one completed stops there (shard written, not marked complete),
+#: ``series_document`` after another one got there stops (its objects built, none written),
 #: touches the file given as first argument and waits to be killed
 HELD_INGEST = """
 import os, sys, time
@@ -214,16 +214,17 @@ FIRST_DONE = REACHED + ".first"
 def held(task):
     from ctengine.ingestion import ingest_series
 
-    finish = task.store.finish_series
+    render = task.store.series_document
 
-    def finish_or_hold(group, attrs, plan, **options):
+    def render_or_hold(path, attrs, plan, **options):
         if os.path.exists(FIRST_DONE):
             open(REACHED, "w").close()
             time.sleep(3600)
-        finish(group, attrs, plan, **options)
+        document = render(path, attrs, plan, **options)
         open(FIRST_DONE, "w").close()
+        return document
 
-    task.store.finish_series = finish_or_hold
+    task.store.series_document = render_or_hold
     return ingest_series(task)
 
 

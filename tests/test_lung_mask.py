@@ -145,6 +145,17 @@ def test_whole_series_stages_match_reference_on_random_inputs():
     assert tracked >= 30, tracked   # the cases do reach the outside and airway stages
 
 
+@pytest.mark.parametrize("width", [1, 7, 8, 13, 16, 40, 64])
+@pytest.mark.parametrize("fill", [0.0, 0.02, 0.4, 0.97, 1.0])
+def test_runs_of_a_mask_are_its_rows_changes(width, fill):
+    rng = np.random.default_rng(width * 100 + int(fill * 100))
+    mask = (rng.random((3, 5, width)) < fill) * rng.integers(1, 3, (3, 5, width)).astype(np.uint8)
+    s, e, ptr = volume_cpu.runs_of(mask)
+    edges = np.diff(np.pad(mask != 0, ((0, 0), (0, 0), (1, 1))).astype(np.int8), axis=2).reshape(15, -1)
+    assert [(list(s[ptr[r]:ptr[r + 1]]), list(e[ptr[r]:ptr[r + 1]])) for r in range(15)] == \
+        [(list(np.flatnonzero(d == 1)), list(np.flatnonzero(d == -1))) for d in edges]
+
+
 def test_cpu_matches_reference_on_phantom(phantom_series):
     for ph in phantom_series:
         sub = ph.raw[::3]

@@ -4,10 +4,11 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
-from ctengine.store import Store, names, open_store, shard
+from ctengine.store import Store, names, open_store, schema, shard, tables
 
 
 @pytest.mark.parametrize("url, remote", [
@@ -136,3 +137,40 @@ def test_a_shard_buffer_is_kept_per_thread_up_to_a_size(monkeypatch):
     expected = bytes(first)
     shard.encode_stack(np.concatenate([b, b]))
     assert bytes(first) == expected
+
+
+def _zarr_objects(build) -> dict[str, bytes]:
+    """What zarr itself writes for ``build`` into an empty in-memory hierarchy."""
+    found: dict = {}
+    build(zarr.open_group(zarr.storage.MemoryStore(found), mode="w", zarr_format=3))
+    return {key: value.to_bytes() for key, value in found.items()}
+
+
+@pytest.mark.parametrize("n, shape, dtype", [(1, (512, 512), "uint16"), (57, (256, 256), "uint16"),
+                                             (3, (64, 33), "uint8"), (0, (512, 512), "uint16")])
+def test_a_stack_array_document_is_the_one_zarr_writes(n, shape, dtype):
+    written = _zarr_objects(lambda root: schema.create_stack_array(root, n, shape, dtype=dtype, name="a"))
+    assert schema.stack_array_document(n, shape, dtype) == written["a/zarr.json"]
+
+
+@pytest.mark.parametrize("attrs", [{}, {"ctengine": {"complete": True, "plan": "ab"}, "spacing_mm": [0.7, 0.7],
+                                        "thickness_mm": None, "kernel": "Lung ü", "instances": list(range(40))}])
+def test_a_group_document_is_the_one_zarr_writes(attrs):
+    written = _zarr_objects(lambda root: root.create_group("p/s", attributes=attrs))
+    assert schema.group_document(attrs) == written["p/s/zarr.json"]
+
+
+@pytest.mark.parametrize("table", [
+    pd.DataFrame({"selected": [True, False, True], "count": np.array([3, 0, 7], np.int64),
+                  "mean": [-812.5, np.nan, 1e-300]}),
+    pd.DataFrame(np.random.default_rng(3).normal(size=(57, 20)), columns=[f"c{i}" for i in range(20)]),
+    pd.DataFrame({"a": [0.0, 0.0], "b": [0, 0]}),  # all fill value: zarr writes no chunk
+])
+def test_matrix_objects_are_the_ones_zarr_writes(table):
+    written = _zarr_objects(lambda root: tables.write_matrix(root, "features", table))
+    assert tables.matrix_objects("features", table) == {k: v for k, v in written.items() if k != "zarr.json"}
+    found: dict = {}
+    group = zarr.open_group(zarr.storage.MemoryStore(found), mode="w", zarr_format=3)
+    for key, data in tables.matrix_objects("features", table).items():
+        found[key] = zarr.core.buffer.default_buffer_prototype().buffer.from_bytes(data)
+    pd.testing.assert_frame_equal(tables.read_matrix(zarr.open_group(group.store, mode="r")["features"]), table)

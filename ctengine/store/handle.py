@@ -271,12 +271,16 @@ class Store:
         """(Re)create the group of a series, marked incomplete (an empty series; see :meth:`write_series`)."""
         return self.root.require_group(patient).create_group(series, overwrite=True, attributes=names.incomplete())
 
-    def finish_series(self, group: zarr.Group, attrs: dict[str, Any], plan: str, *, levels: int) -> None:
-        """Set a series' attributes and OME-Zarr metadata (``levels`` pyramid levels), and mark it complete."""
+    @staticmethod
+    def series_document(path: str, attrs: dict[str, Any], plan: str, *, levels: int,
+                        old: dict[str, Any] | None = None) -> bytes:
+        """The ``zarr.json`` of a complete series group: ``attrs`` over ``old``, OME-Zarr metadata with
+        ``levels`` pyramid levels, and the completion marker for ``plan``."""
         slope, intercept = names.rescale(attrs)
-        ome = schema.ome_image(group.path, scale=schema.attrs_scale(attrs), slope=slope, intercept=intercept,
+        ome = schema.ome_image(path, scale=schema.attrs_scale(attrs), slope=slope, intercept=intercept,
                                levels=levels)
-        group.update_attributes({**attrs, "ome": ome, **names.complete(plan)})
+        return schema.group_document({**(names.incomplete() if old is None else old), **attrs, "ome": ome,
+                                      **names.complete(plan)})
 
     def update_series(self, patient: str, series: str, attrs: dict[str, Any], plan: str) -> None:
         """Set new attributes of a stored series in one write of its ``zarr.json`` (the pixels stay).
@@ -287,9 +291,7 @@ class Store:
         path = names.series_path(patient, series)
         old = dict(self.series_group(patient, series).attrs)
         levels = max(len(names.level_paths(old)) - 1, 0)  # the levels it has (none before pyramids)
-        objects = replace.group_objects(
-            path, lambda root: self.finish_series(root.create_group(path, attributes=old), attrs, plan, levels=levels))
-        self.put(f"{path}/zarr.json", objects["zarr.json"])
+        self.put(f"{path}/zarr.json", self.series_document(path, attrs, plan, levels=levels, old=old))
 
     def write_series(self, patient: str, series: str, stack: np.ndarray, attrs: dict[str, Any],
                      plan: str) -> list[int]:
@@ -302,16 +304,9 @@ class Store:
         attrs = {**attrs, names.PIXEL_CRC32C: shard.pixel_crc32c(stack)}
         stacks = [stack, *pyramid.levels(stack)]
         shards = [shard.encode_stack(level, buffer=f"shard{k}") for k, level in enumerate(stacks)]
-
-        def build(root: zarr.Group) -> None:
-            group = root.create_group(path, attributes=names.incomplete())
-            for k, level in enumerate(stacks):
-                schema.create_stack_array(group, len(level), level.shape[1:], dtype=level.dtype,
-                                          name=names.level_name(k))
-            self.finish_series(group, attrs, plan, levels=len(stacks) - 1)
-
         objects = {**{names.shard_key(names.level_name(k)): data for k, data in enumerate(shards)},
-                   **replace.group_objects(path, build)}
+                   **_level_documents(stacks),
+                   "zarr.json": self.series_document(path, attrs, plan, levels=len(stacks) - 1)}
         self.root.require_group(patient)
         replace.replace_group(self.fs, self.base, path, objects, local=self.local)
         return [len(data) for data in shards]
@@ -342,16 +337,10 @@ class Store:
         stacks = [mask, *pyramid.levels(mask, labels=True)]
         ome = schema.ome_lung_label(path, scale=scale, levels=len(stacks) - 1)
 
-        def build(root: zarr.Group) -> None:
-            lung = root.create_group(path, attributes={"ome": ome, **names.complete(plan)})
-            for k, level in enumerate(stacks):
-                schema.create_stack_array(lung, len(level), level.shape[1:], dtype=level.dtype,
-                                          name=names.level_name(k))
-            tables.write_matrix(lung, LUNG_FEATURES, table)
-
         objects = {**{names.shard_key(names.level_name(k)): shard.encode_stack(level, buffer=f"label{k}")
                       for k, level in enumerate(stacks)},
-                   **replace.group_objects(path, build)}
+                   **_level_documents(stacks), **tables.matrix_objects(LUNG_FEATURES, table),
+                   "zarr.json": schema.group_document({"ome": ome, **names.complete(plan)})}
         replace.replace_group(self.fs, self.base, path, objects, local=self.local)
 
     def _ensure_group(self, path: str, attrs: dict[str, Any]) -> None:
@@ -362,8 +351,7 @@ class Store:
         except (FileNotFoundError, ValueError):  # missing or unreadable: written below
             found = None
         if found != json.loads(json.dumps(attrs)):
-            document = replace.group_objects(path, lambda root: root.create_group(path, attributes=attrs))
-            self.put(key, document["zarr.json"])
+            self.put(key, schema.group_document(attrs))
 
     # ------------------------------------------------------------ views
 
@@ -386,6 +374,12 @@ class Store:
         kwargs = {"storage_options": self.storage_options} if self.storage_options else {}
         return xr.open_datatree(self.url, engine="zarr", chunks={}, consolidated=False,
                                 drop_variables=list(pyramid.LEVEL_NAMES), **kwargs)
+
+
+def _level_documents(stacks: list[np.ndarray]) -> dict[str, bytes]:
+    """The ``zarr.json`` of every pyramid level array, keyed by level name."""
+    return {f"{names.level_name(k)}/zarr.json": schema.stack_array_document(len(level), level.shape[1:], level.dtype)
+            for k, level in enumerate(stacks)}
 
 
 def open_store(url: str | os.PathLike, *, mode: str = "r", storage_options: dict | None = None) -> Store:

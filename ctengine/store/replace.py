@@ -14,6 +14,7 @@ the documents are exactly what zarr writes), then written:
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import uuid
@@ -51,11 +52,19 @@ def write_file(path: str, data: bytes | memoryview) -> None:
         handle.write(data)
 
 
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    """The C library's ``renameat2``, or None where it has none."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+
+
 def _exchange(a: str, b: str) -> bool:
     """Swap two local paths atomically (Linux ``renameat2``); False where the system cannot."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
     return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
@@ -70,8 +79,10 @@ def replace_local(base: str, path: str, objects: dict[str, bytes | memoryview]) 
     tmp = f"{partial}/{uuid.uuid4().hex}"
     target = f"{base}/{path}"
     try:
+        _make_temporary(tmp, partial)
+        for folder in _folders(objects):
+            os.mkdir(f"{tmp}/{folder}")
         for key, data in objects.items():
-            os.makedirs(os.path.dirname(f"{tmp}/{key}"), exist_ok=True)
             write_file(f"{tmp}/{key}", data)
     except BaseException:
         _remove(tmp, partial)
@@ -84,6 +95,26 @@ def replace_local(base: str, path: str, objects: dict[str, bytes | memoryview]) 
         os.rename(tmp, target)
         tmp = f"{tmp}.old"
     _remove(tmp, partial)
+
+
+def _make_temporary(tmp: str, partial: str) -> None:
+    """Create the folder ``tmp`` inside ``partial``, which another write may remove once it is empty."""
+    while True:
+        os.makedirs(partial, exist_ok=True)
+        try:
+            os.mkdir(tmp)
+            return
+        except FileNotFoundError:  # ``partial`` was removed between the two calls: create it again
+            continue
+
+
+def _folders(objects: dict[str, bytes | memoryview]) -> list[str]:
+    """The folders below the group's own that the keys of ``objects`` need, parents first."""
+    folders = set()
+    for key in objects:
+        parts = key.split("/")[:-1]
+        folders.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
+    return sorted(folders, key=lambda folder: (folder.count("/"), folder))
 
 
 def _remove(tmp: str, partial: str) -> None:

@@ -1,11 +1,15 @@
 """The store's zarr metadata: codec, root attributes, stack arrays and OME-Zarr 0.5 attributes."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.group import GroupMetadata
+from zarr.storage import MemoryStore
 
 from ..constants import LUNG_WINDOW_HU, MEDIASTINUM_WINDOW_HU, RAW_DTYPE
 from . import names, pyramid, shard
@@ -117,3 +121,39 @@ def create_stack_array(group: zarr.Group, n_slices: int, shape: tuple[int, int],
     return group.create_array(name, shape=(n_slices, *shape), chunks=(1, *shape), shards=(n_slices, *shape),
                               dtype=dtype, compressors=[raw_codec(dtype.itemsize)], fill_value=0,
                               dimension_names=("z", "y", "x"), overwrite=True)
+
+
+def stack_array_document(n_slices: int, shape: tuple[int, int], dtype: np.dtype | str = RAW_DTYPE) -> bytes:
+    """The ``zarr.json`` that :func:`create_stack_array` writes for this size, as zarr renders it.
+
+    Rendered by zarr once per size and dtype and kept, so writing a series
+    costs no metadata round trips (an array's document does not hold its name).
+
+    Examples
+    --------
+    >>> import json
+    >>> json.loads(stack_array_document(3, (512, 512)))["shape"]
+    [3, 512, 512]
+    """
+    return _stack_array_document(int(n_slices), tuple(int(n) for n in shape), np.dtype(dtype).str)
+
+
+@functools.lru_cache(maxsize=1024)
+def _stack_array_document(n_slices: int, shape: tuple[int, int], dtype: str) -> bytes:
+    found: dict = {}
+    create_stack_array(zarr.open_group(MemoryStore(found), mode="w", zarr_format=3), n_slices, shape,
+                       dtype=dtype, name="a")
+    return found["a/zarr.json"].to_bytes()
+
+
+def group_document(attributes: dict[str, Any]) -> bytes:
+    """The ``zarr.json`` of a zarr v3 group holding ``attributes``, as zarr's ``create_group`` writes it.
+
+    Examples
+    --------
+    >>> import json
+    >>> json.loads(group_document({"a": 1}))["attributes"]
+    {'a': 1}
+    """
+    return GroupMetadata(attributes=attributes, zarr_format=3).to_buffer_dict(
+        default_buffer_prototype())["zarr.json"].to_bytes()

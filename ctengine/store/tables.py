@@ -1,11 +1,15 @@
 """Tables inside the store: a DataFrame as a group of 1-D arrays, or as one 2-D float matrix."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import numcodecs
 import numpy as np
 import pandas as pd
 import zarr
+from zarr.codecs import ZstdCodec
+from zarr.storage import MemoryStore
 
 from .names import TABLE_DIM
 
@@ -54,13 +58,50 @@ def write_table_if_changed(group: zarr.Group, name: str, table: pd.DataFrame) ->
     return True
 
 
+#: the matrix's one chunk: float64 little endian, zstd at this level, no checksum (zarr's default)
+MATRIX_ZSTD_LEVEL = 0
+
+
 def write_matrix(group: zarr.Group, name: str, table: pd.DataFrame) -> None:
     """A numeric table as one 2-D float64 array (z, feature): one object, exact for ints < 2**53."""
-    array = group.create_array(name, shape=table.shape, chunks=table.shape, dtype="float64",
-                               dimension_names=("z", "feature"), overwrite=True,
-                               attributes={"columns": list(table.columns),
-                                           "dtypes": [str(table[c].dtype) for c in table.columns]})
+    array = _create_matrix(group, name, table.shape, tuple(table.columns), _dtypes(table))
     array[:] = table.to_numpy(dtype=np.float64)
+
+
+def matrix_objects(name: str, table: pd.DataFrame) -> dict[str, bytes]:
+    """The objects :func:`write_matrix` writes for ``table`` under ``name``, keyed relative to its group.
+
+    The metadata is rendered by zarr once per shape and columns; the chunk
+    is encoded with the array's own codec and, as zarr does, left out when
+    every value is the fill value 0.
+
+    Examples
+    --------
+    >>> sorted(matrix_objects("features", pd.DataFrame({"a": [1.0, 2.0]})))
+    ['features/c/0/0', 'features/zarr.json']
+    """
+    values = np.ascontiguousarray(table.to_numpy(dtype=np.float64), dtype="<f8")
+    objects = {f"{name}/zarr.json": _matrix_document(table.shape, tuple(table.columns), _dtypes(table))}
+    if values.size and not (values == 0).all():
+        objects[f"{name}/c/0/0"] = numcodecs.Zstd(level=MATRIX_ZSTD_LEVEL, checksum=False).encode(values)
+    return objects
+
+
+def _dtypes(table: pd.DataFrame) -> tuple[str, ...]:
+    return tuple(str(table[c].dtype) for c in table.columns)
+
+
+def _create_matrix(group: zarr.Group, name: str, shape: tuple[int, int], columns: tuple, dtypes: tuple[str, ...]):
+    return group.create_array(name, shape=shape, chunks=shape, dtype="float64", dimension_names=("z", "feature"),
+                              compressors=[ZstdCodec(level=MATRIX_ZSTD_LEVEL, checksum=False)], overwrite=True,
+                              attributes={"columns": list(columns), "dtypes": list(dtypes)})
+
+
+@functools.lru_cache(maxsize=64)
+def _matrix_document(shape: tuple[int, int], columns: tuple, dtypes: tuple[str, ...]) -> bytes:
+    found: dict = {}
+    _create_matrix(zarr.open_group(MemoryStore(found), mode="w", zarr_format=3), "m", shape, columns, dtypes)
+    return found["m/zarr.json"].to_bytes()
 
 
 def read_matrix(array: zarr.Array) -> pd.DataFrame:
