@@ -230,3 +230,37 @@ def test_lung_labels_carry_their_names_and_colours(store):
     label = zarr.open_group(store, mode="r")["patient1/SR_2/labels/lung"].attrs["ome"]["image-label"]
     assert {p["label-value"]: p["name"] for p in label["properties"]} == {1: "right lung", 2: "left lung"}
     assert {c["label-value"] for c in label["colors"]} == {1, 2}
+
+
+#: in a fresh process: warm_up, then a phantom series through the feature pass's kernels; prints the
+#: kernels warm_up loaded and those the series still had to load
+WARM_UP_CHECK = """
+import sys
+from numba.core.registry import CPUDispatcher
+from ctengine.features.pipeline import series_features, warm_up
+from ctengine.store import pyramid
+from ctengine.synth.phantom import render_series
+
+def loaded():
+    return {f"{name}.{key}" for name, module in list(sys.modules.items())
+            if name.startswith("ctengine.") and not name.startswith("ctengine.synth")
+            for key, value in vars(module).items() if isinstance(value, CPUDispatcher) and value.signatures}
+
+warm_up()
+warm = loaded()
+raw = render_series(n_slices=6, covid=True, seed=3).raw
+mask, table = series_features(raw, spacing=(0.7, 0.7), slope=1.0, intercept=-1024.0)
+pyramid.levels(mask, labels=True)
+assert set(mask.ravel().tolist()) == {0, 1, 2}
+print(len(warm), sorted(loaded() - warm))
+"""
+
+
+def test_warm_up_loads_every_kernel_a_series_needs():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WARM_UP_CHECK], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    count, missing = done.stdout.split(" ", 1)
+    assert int(count) >= 8 and missing.strip() == "[]", done.stdout

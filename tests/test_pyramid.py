@@ -38,7 +38,8 @@ def assert_levels_equal_reference(stack: np.ndarray, *, labels: bool = False) ->
 
 # ---------------------------------------------------------------- kernels against the reference
 
-@pytest.mark.parametrize("shape", [(3, 512, 512), (2, 333, 130), (1, 65, 65), (2, 64, 64), (1, 1, 200)])
+@pytest.mark.parametrize("shape", [(3, 512, 512), (2, 333, 130), (1, 65, 65), (2, 64, 64), (1, 1, 200),
+                                   (pyramid.BLOCK_SLICES * 2 + 3, 131, 140)])  # several blocks of slices
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
 def test_block_means_equal_the_reference_on_random_stacks(shape, dtype):
     rng = np.random.default_rng(sum(shape))
@@ -59,6 +60,21 @@ def test_block_modes_equal_the_reference_on_random_labels(values):
     rng = np.random.default_rng(values)
     assert_levels_equal_reference(rng.integers(0, values, (3, 300, 257), dtype=np.uint16 if values > 255 else
                                                np.uint8), labels=True)
+
+
+@pytest.mark.parametrize("labels", [False, True])
+def test_levels_written_into_thread_buffers_equal_new_ones(labels):
+    rng = np.random.default_rng(11)
+    buffers = ctengine.store.buffers.ThreadBuffers()
+    first = [level.copy() for level in pyramid.levels(rng.integers(0, 3 if labels else 4000, (19, 300, 260),
+                                                                   dtype=np.uint8 if labels else np.uint16),
+                                                      labels=labels, buffers=buffers)]
+    stack = rng.integers(0, 3 if labels else 4000, (9, 300, 260), dtype=np.uint8 if labels else np.uint16)
+    again = pyramid.levels(stack, labels=labels, buffers=buffers)
+    assert all(np.shares_memory(level, getattr(buffers, f"level{k}")) for k, level in enumerate(again, start=1))
+    for got, want in zip(again, pyramid.levels(stack, labels=labels)):
+        np.testing.assert_array_equal(got, want)
+    assert [level.shape for level in first] == [(19, 150, 130), (19, 75, 65), (19, 37, 32)]
 
 
 def test_rounding_and_ties_are_as_documented():

@@ -52,8 +52,8 @@ def warm_workers(client) -> None:
 def _warm() -> None:
     import importlib
 
-    for module in ("ctengine.ingestion", "ctengine.features", "ctengine.kernels"):
-        importlib.import_module(module)
+    importlib.import_module("ctengine.ingestion")
+    importlib.import_module("ctengine.features").warm_up()
 
 
 class CpuClock:

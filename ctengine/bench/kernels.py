@@ -21,7 +21,7 @@ import zarr
 from scipy import ndimage
 
 import ctengine
-from ..features import compute_features
+from ..features import compute_features, warm_up
 from ..store import features_path, names
 from ..synth import write_cohort
 from ._common import cluster, on_machine, pick_sizes, worker_count
@@ -160,7 +160,7 @@ def feature_pass(store_slices: int, workdir: Path, scheduler: str | None, worker
             del root[f"{patient}/{series}/{names.LABELS_GROUP}"]
     started = time.perf_counter()
     with cluster(scheduler, workers) as client:
-        client.run(lambda: __import__("ctengine.kernels"))  # import and load cached kernels first
+        client.run(warm_up)  # load the compiled kernels, as a running cluster has: counted in with_startup
         report = compute_features(store, client=client, progress=False)
         threads = worker_count(client)
         with_startup = time.perf_counter() - started

@@ -18,7 +18,8 @@ from typing import Any
 _EXPORTS = {"SERIES_COLUMNS": "aggregate", "SLICE_COLUMNS": "aggregate", "aggregate_patient": "aggregate",
             "aggregate_series": "aggregate", "stats_to_frame": "aggregate", "FIELDS": "dictionary",
             "TABLE_COLUMNS": "dictionary", "FeatureReport": "pipeline", "compute_features": "pipeline",
-            "compute_series": "pipeline", "feature_device": "pipeline", "series_features": "pipeline"}
+            "compute_series": "pipeline", "feature_device": "pipeline", "series_features": "pipeline",
+            "warm_up": "pipeline"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -23,9 +23,12 @@ def _mode4(a, b, c, d):
     return best
 
 
-def halve_mode(level: np.ndarray) -> np.ndarray:
-    """The most frequent value of each 2 x 2 block of a label stack (a tie goes to the larger)."""
-    return _halve_mode(level, np.empty((level.shape[0], level.shape[1] // 2, level.shape[2] // 2), level.dtype))
+def halve_mode(level: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The most frequent value of each 2 x 2 block of a label stack (a tie goes to the larger), into ``out``
+    (a new array by default)."""
+    if out is None:
+        out = np.empty((level.shape[0], level.shape[1] // 2, level.shape[2] // 2), level.dtype)
+    return _halve_mode(level, out)
 
 
 @njit(cache=True)

@@ -18,6 +18,7 @@ import pandas as pd
 import zarr
 
 from . import names, pyramid, replace, schema, shard, tables
+from .buffers import ThreadBuffers
 from .location import NotAStoreError, check_location, filesystem, is_local, open_root
 from .names import LABELS_GROUP, LUNG, LUNG_ARRAY, LUNG_FEATURES, RAW
 
@@ -302,7 +303,7 @@ class Store:
         """
         path = names.series_path(patient, series)
         attrs = {**attrs, names.PIXEL_CRC32C: shard.pixel_crc32c(stack)}
-        stacks = [stack, *pyramid.levels(stack)]
+        stacks = [stack, *pyramid.levels(stack, buffers=_level_buffers)]  # consumed before returning
         shards = [shard.encode_stack(level, buffer=f"shard{k}") for k, level in enumerate(stacks)]
         objects = {**{names.shard_key(names.level_name(k)): data for k, data in enumerate(shards)},
                    **_level_documents(stacks),
@@ -334,7 +335,7 @@ class Store:
         self._ensure_group(f"{series_path}/{LABELS_GROUP}", {"ome": schema.ome_labels()})
         path = f"{series_path}/{LABELS_GROUP}/{LUNG}"
         mask = mask.astype(np.uint8, copy=False)
-        stacks = [mask, *pyramid.levels(mask, labels=True)]
+        stacks = [mask, *pyramid.levels(mask, labels=True, buffers=_level_buffers)]  # consumed before returning
         ome = schema.ome_lung_label(path, scale=scale, levels=len(stacks) - 1)
 
         objects = {**{names.shard_key(names.level_name(k)): shard.encode_stack(level, buffer=f"label{k}")
@@ -374,6 +375,10 @@ class Store:
         kwargs = {"storage_options": self.storage_options} if self.storage_options else {}
         return xr.open_datatree(self.url, engine="zarr", chunks={}, consolidated=False,
                                 drop_variables=list(pyramid.LEVEL_NAMES), **kwargs)
+
+
+#: each worker thread's pyramid levels, written again series after series (see :func:`pyramid.levels`)
+_level_buffers = ThreadBuffers()
 
 
 def _level_documents(stacks: list[np.ndarray]) -> dict[str, bytes]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import names
+from .buffers import ThreadBuffers
 
 __all__ = ["LEVEL_NAMES", "METHOD", "MIN_SIDE", "halve_mean", "level_count", "level_shapes", "levels"]
 
@@ -26,6 +27,10 @@ METHOD = f"2x2 block mean down to {MIN_SIDE} pixels (labels: 2x2 block mode)"
 #: the array names levels 1..n can have (a slice side of up to 2**31 pixels): what xarray is told to
 #: leave out to open a store as a DataTree (``xr.open_datatree(store, drop_variables=LEVEL_NAMES)``)
 LEVEL_NAMES = tuple(names.level_name(k) for k in range(1, 32))
+#: slices :func:`halve_mean` sums at a time (its scratch: a few MB whatever the series' length)
+BLOCK_SLICES = 8
+
+_scratch = ThreadBuffers()
 
 
 def level_count(shape_yx: tuple[int, int]) -> int:
@@ -59,12 +64,14 @@ def level_shapes(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
     return out
 
 
-def halve_mean(level: np.ndarray) -> np.ndarray:
+def halve_mean(level: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(sum of each 2 x 2 block + 2) // 4 of an unsigned (z, y, x) stack, in its dtype (odd last row / column
-    left out).
+    left out), into ``out`` (a new array by default).
 
     The sums stay in the stack's dtype when its largest value leaves room
-    for four (raw CT: up to 16,383 in uint16), else they are widened.
+    for four (raw CT: up to 16,383 in uint16), else they are widened. Slices
+    are halved :data:`BLOCK_SLICES` at a time through a scratch buffer kept
+    per thread, so no memory the size of the series is allocated.
 
     Examples
     --------
@@ -73,17 +80,28 @@ def halve_mean(level: np.ndarray) -> np.ndarray:
     >>> halve_mean(np.array([[[65535, 65535], [65535, 65534]]], np.uint16))
     array([[[65535]]], dtype=uint16)
     """
-    h, w = level.shape[1] // 2 * 2, level.shape[2] // 2 * 2
+    z, h, w = level.shape[0], level.shape[1] // 2 * 2, level.shape[2] // 2 * 2
+    if out is None:
+        out = np.empty((z, h // 2, w // 2), level.dtype)
     room = level.size and int(level.max()) <= (int(np.iinfo(level.dtype).max) - 2) // 4
-    wide = level.dtype if room else (np.uint32 if level.dtype.itemsize <= 2 else np.uint64)
-    rows = np.add(level[:, 0:h:2, :w], level[:, 1:h:2, :w], dtype=wide)
-    total = np.add(rows[:, :, 0::2], rows[:, :, 1::2])
-    total += 2
-    total >>= 2
-    return total.astype(level.dtype, copy=False)
+    wide = level.dtype if room else np.dtype(np.uint32 if level.dtype.itemsize <= 2 else np.uint64)
+    for start in range(0, z, BLOCK_SLICES):
+        part = level[start:start + BLOCK_SLICES]
+        n = len(part)
+        rows = _scratch.get("rows", n * (h // 2) * w, wide).reshape(n, h // 2, w)
+        np.add(part[:, 0:h:2, :w], part[:, 1:h:2, :w], out=rows, dtype=wide)
+        narrow = wide == level.dtype
+        total = out[start:start + n] if narrow else \
+            _scratch.get("total", n * (h // 2) * (w // 2), wide).reshape(n, h // 2, w // 2)
+        np.add(rows[:, :, 0::2], rows[:, :, 1::2], out=total)
+        total += 2
+        total >>= 2
+        if not narrow:
+            out[start:start + n] = total  # each mean is at most the largest value: it fits the dtype
+    return out
 
 
-def levels(stack: np.ndarray, *, labels: bool = False) -> list[np.ndarray]:
+def levels(stack: np.ndarray, *, labels: bool = False, buffers: ThreadBuffers | None = None) -> list[np.ndarray]:
     """Levels 1..n of a (z, y, x) stack: block means of an image, block modes of a label.
 
     Parameters
@@ -92,6 +110,9 @@ def levels(stack: np.ndarray, *, labels: bool = False) -> list[np.ndarray]:
         Unsigned integer (z, y, x) stack: raw values or label values.
     labels : bool
         Halve by block mode (labels) instead of block mean (images).
+    buffers : ThreadBuffers, optional
+        Write level k into the thread's buffer ``level{k}`` instead of new
+        memory: the levels are then valid until this thread's next call.
 
     Returns
     -------
@@ -115,7 +136,8 @@ def levels(stack: np.ndarray, *, labels: bool = False) -> list[np.ndarray]:
     else:
         halve = halve_mean
     out, level = [], stack
-    for _ in range(level_count(stack.shape[1:])):
-        level = halve(level)
+    for k, shape in enumerate(level_shapes(stack.shape), start=1):
+        into = None if buffers is None else buffers.get(f"level{k}", int(np.prod(shape)), stack.dtype).reshape(shape)
+        level = halve(level, into)
         out.append(level)
     return out
