@@ -235,6 +235,11 @@ def run(workdir: Path, *, quick: bool = False, scheduler: str | None = None, wor
                      seed=1, progress=False)
     dirs = series_dirs(src)
     files = [str(f) for d in dirs for f in sorted(d.glob("IM*.tif"))]
+    # every run writes a folder of its own, all removed at the end, so no contender writes its files right
+    # after deleting thousands of others (a file system's inode allocation can slow down after deletions)
+    outputs = workdir / "outputs"
+    shutil.rmtree(outputs, ignore_errors=True)
+    outputs.mkdir(parents=True)
     runs: dict[str, list[dict]] = {name: [] for name in ("ctengine", "ctengine_cli", "per_series_loop",
                                                          "per_series_pool", "zarrs_loop")}
     with on_machine() as machine:
@@ -246,17 +251,18 @@ def run(workdir: Path, *, quick: bool = False, scheduler: str | None = None, wor
                 cores = worker_count(client)
                 if repeat == 0:
                     result["ceiling"] = ceiling(files, cores)
-                store = workdir / "ctengine.zarr"
+                store = outputs / f"ctengine-{repeat}.zarr"
                 runs["ctengine"].append(ctengine_ingest(src, store, client))
                 assert len(ctengine.open_store(store).catalog) == len(files) - _duplicates(files), "lost slices"
                 if repeat == 0:
-                    result["dask_image"] = dask_image_to_zarr(dirs, workdir / "dask_image.zarr", client)
-            runs["ctengine_cli"].append(ctengine_cli(src, workdir / "cli.zarr"))
-            runs["per_series_loop"].append(per_series_loop(dirs, workdir / "loop.zarr"))
-            runs["per_series_pool"].append(per_series_pool(dirs, workdir / "pool.zarr", cores))
-            runs["zarrs_loop"].append(zarrs_loop(dirs, workdir / "zarrs.zarr"))
+                    result["dask_image"] = dask_image_to_zarr(dirs, outputs / "dask_image.zarr", client)
+            runs["ctengine_cli"].append(ctengine_cli(src, outputs / f"cli-{repeat}.zarr"))
+            runs["per_series_loop"].append(per_series_loop(dirs, outputs / f"loop-{repeat}.zarr"))
+            runs["per_series_pool"].append(per_series_pool(dirs, outputs / f"pool-{repeat}.zarr", cores))
+            runs["zarrs_loop"].append(zarrs_loop(dirs, outputs / f"zarrs-{repeat}.zarr"))
         result.update({name: median_run(found) for name, found in runs.items()})
-        result["slice_by_slice"] = slice_by_slice(dirs, workdir / "slices.zarr", budget_s=30 if not quick else 5)
+        result["slice_by_slice"] = slice_by_slice(dirs, outputs / "slices.zarr", budget_s=30 if not quick else 5)
+    shutil.rmtree(outputs, ignore_errors=True)
     ours = result["ctengine"]["slices_per_s"]
     result["speedup"] = {name: ours / result[name]["slices_per_s"] for name in BASELINES
                          if "slices_per_s" in result[name]}
