@@ -220,14 +220,27 @@ def build_catalog(files: pd.DataFrame, *, details: pd.DataFrame | None = None,
     test or ''), checksum ('' until ingested).
     """
     key = ["patient", "series", "instance"]
-    grouped = files.groupby(key, sort=True)
-    catalog = grouped.agg(group=("group", _join_unique), source=("name", _join_unique)).reset_index()
+    catalog = _sources_per_slice(files, key)
     catalog["z"] = catalog.groupby(["patient", "series"]).cumcount().astype("int64")
     catalog = _join_labels(catalog, labels)
     catalog["label"] = _patient_labels(catalog, details)
     catalog = _join_series_metadata(catalog, details, metadata)
     catalog["checksum"] = ""
     return catalog
+
+
+def _sources_per_slice(files: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """One row per ``key``, sorted, with its files' groups and names (``;``-joined, first seen first).
+
+    Most slices have one file: only the others are joined, in Python.
+    """
+    repeated = files.duplicated(key, keep=False)
+    single = files.loc[~repeated, [*key, "group", "name"]].rename(columns={"name": "source"})
+    joined = files[repeated].groupby(key, sort=False).agg(group=("group", _join_unique),
+                                                          source=("name", _join_unique)).reset_index()
+    parts = [part for part in (single, joined) if len(part)] or [single]
+    both = pd.concat(parts, ignore_index=True).astype({"group": "str", "source": "str"})
+    return both.sort_values(key, ignore_index=True)
 
 
 def _join_unique(values: pd.Series) -> str:

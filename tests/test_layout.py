@@ -1,6 +1,7 @@
 import shutil
 import zipfile
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -109,3 +110,18 @@ def test_defaults_when_metadata_is_missing(tree):
     assert catalog["intercept"].eq(-1024).all() and catalog["slope"].eq(1).all()
     assert catalog["thickness_mm"].isna().all()
     assert catalog.groupby(["patient", "series"])["z"].apply(lambda z: z.tolist() == list(range(len(z)))).all()
+
+
+def test_sources_per_slice_join_every_copy_in_the_order_seen():
+    rng = np.random.default_rng(5)
+    n = 300
+    files = pd.DataFrame({"patient": rng.choice(["patient1", "patient2"], n), "series": rng.choice(["SR_2", "SR_3"], n),
+                          "instance": rng.integers(1, 60, n), "group": rng.choice(["covid1", "covid2", "normal1"], n),
+                          "name": [f"f{i}.tif" for i in range(n)]}).astype({"patient": "str", "series": "str",
+                                                                             "group": "str", "name": "str"})
+    key = ["patient", "series", "instance"]
+    by_definition = files.groupby(key, sort=True).agg(
+        group=("group", lambda s: ";".join(dict.fromkeys(s))), source=("name", lambda s: ";".join(dict.fromkeys(s))))
+    got = layout._sources_per_slice(files, key)
+    assert files.duplicated(key).sum() > 50  # many slices have several copies
+    pd.testing.assert_frame_equal(got, by_definition.reset_index())
