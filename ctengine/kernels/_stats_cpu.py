@@ -190,22 +190,36 @@ def derive(h, lo, hi, offset, slope, intercept, qs, edges, row, hrow):
     return n
 
 
+@njit(cache=True, inline="always")
+def _count_run(x, mask, h, k, i, j0, j1, offset, lo, hi):
+    """Add the masked pixels of row i, columns j0..j1-1 of slice k to histogram h; return (lo, hi)."""
+    for j in range(j0, j1):
+        if mask[k, i, j]:
+            b = np.int64(x[k, i, j]) + offset
+            h[b] += 1
+            lo = min(lo, b)
+            hi = max(hi, b)
+    return lo, hi
+
+
 @njit(parallel=True, cache=True)
-def _hu_stats(x, mask, offset, nbins, slope, intercept, qs, edges, nchunks, counts, stats, hists):
+def _hu_stats(x, mask, words, offset, nbins, slope, intercept, qs, edges, nchunks, counts, stats, hists):
     z, ny, nx = x.shape
     buffers = np.zeros((nchunks, nbins), dtype=np.int32)
+    nw = nx // 8 if words.size else 0  # the mask's rows as 8-pixel words, when it is given as such
     for c in prange(nchunks):
         h = buffers[c]
         for k in range(c * z // nchunks, (c + 1) * z // nchunks):
             lo = nbins
             hi = -1
             for i in range(ny):
-                for j in range(nx):
-                    if mask[k, i, j]:
-                        b = np.int64(x[k, i, j]) + offset
-                        h[b] += 1
-                        lo = min(lo, b)
-                        hi = max(hi, b)
+                if nw:
+                    row = (k * ny + i) * nw
+                    for q in range(nw):
+                        if words[row + q] != 0:  # a word of eight pixels outside the mask is skipped
+                            lo, hi = _count_run(x, mask, h, k, i, 8 * q, 8 * q + 8, offset, lo, hi)
+                else:
+                    lo, hi = _count_run(x, mask, h, k, i, 0, nx, offset, lo, hi)
             counts[k] = derive(h, lo, hi, offset, slope, intercept, qs, edges, stats[k], hists[k])
             for b in range(lo, hi + 1):
                 h[b] = 0
@@ -220,4 +234,12 @@ def hu_stats(x, mask, offset, nbins, slope, intercept, qs, edges, counts, stats,
     threads from scaling.
     """
     nchunks = max(1, min(x.shape[0], get_num_threads()))
-    _hu_stats(x, mask, offset, nbins, slope, intercept, qs, edges, nchunks, counts, stats, hists)
+    _hu_stats(x, mask, _mask_words(mask), offset, nbins, slope, intercept, qs, edges, nchunks, counts, stats, hists)
+
+
+def _mask_words(mask: np.ndarray) -> np.ndarray:
+    """A C-contiguous one-byte mask with rows of a multiple of 8 pixels as uint64 words (empty otherwise),
+    so the kernel skips eight pixels outside the mask at a time."""
+    if mask.dtype.itemsize == 1 and mask.flags.c_contiguous and mask.shape[-1] % 8 == 0 and mask.size:
+        return mask.reshape(-1).view(np.uint8).view(np.uint64)
+    return np.zeros(0, np.uint64)
