@@ -62,11 +62,15 @@ def _scheduler_file_address(path: str) -> str:
         raise SchedulerUnreachableError(f"{path} is not a readable scheduler file ({exc!r}): {hint}") from None
 
 
-#: environment of local workers, on top of Dask's own (which sets MALLOC_TRIM_THRESHOLD_ and so turns off
-#: glibc's adaptive mmap threshold): a series' arrays (tens of MB) come from the heap and are used again,
-#: instead of a fresh mmap whose every page faults (the feature pass measured 310 -> 930 slices/s on the
-#: 2-core VM). See docs/DEPLOY.md for workers started elsewhere.
-WORKER_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20)}
+#: environment of local workers, on top of Dask's own (which sets MALLOC_TRIM_THRESHOLD_=64 KiB and so turns
+#: off glibc's adaptive mmap threshold and gives back the top of the heap after almost every free):
+#: - MALLOC_MMAP_THRESHOLD_: a series' arrays (tens of MB) come from the heap and are used again, instead
+#:   of a fresh mmap whose every page faults (the feature pass measured 310 -> 930 slices/s on the 2-core VM);
+#: - MALLOC_TOP_PAD_: the heap keeps 16 MiB above its top when it shrinks, so the codec's per-call
+#:   buffers do not fault in fresh pages on every chunk (ingest measured 0.55 -> 0.27 ms of system time
+#:   per slice, 900 -> 1,050 slices/s).
+#: See docs/DEPLOY.md for workers started elsewhere.
+WORKER_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TOP_PAD_": str(16 * 2**20)}
 
 
 @contextlib.contextmanager

@@ -69,3 +69,13 @@ def test_report_to_dict():
     assert report.to_dict() == {"store": "s.zarr", "seconds": 2.5, "failed_series": [["p/s", "boom"]],
                                 "cluster_seconds": 0.0, "count": 3, "twice": 6}
     assert not report.ok
+
+
+def test_local_workers_start_with_the_allocator_settings(client):
+    import os
+
+    from ctengine.cluster import WORKER_ENVIRONMENT
+
+    seen = client.run(lambda: {name: os.environ.get(name) for name in WORKER_ENVIRONMENT})
+    assert set(WORKER_ENVIRONMENT) >= {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_"}
+    assert all(found == WORKER_ENVIRONMENT for found in seen.values()) and len(seen) == 2
