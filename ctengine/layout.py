@@ -239,7 +239,9 @@ def _sources_per_slice(files: pd.DataFrame, key: list[str]) -> pd.DataFrame:
     joined = files[repeated].groupby(key, sort=False).agg(group=("group", _join_unique),
                                                           source=("name", _join_unique)).reset_index()
     parts = [part for part in (single, joined) if len(part)] or [single]
-    both = pd.concat(parts, ignore_index=True).astype({"group": "str", "source": "str"})
+    both = pd.concat(parts, ignore_index=True)
+    if len(both):  # the joined strings as pandas' string dtype, as a groupby gives them
+        both = both.astype({"group": "str", "source": "str"})
     return both.sort_values(key, ignore_index=True)
 
 

@@ -165,6 +165,7 @@ def test_a_group_document_is_the_one_zarr_writes(attrs):
                   "mean": [-812.5, np.nan, 1e-300]}),
     pd.DataFrame(np.random.default_rng(3).normal(size=(57, 20)), columns=[f"c{i}" for i in range(20)]),
     pd.DataFrame({"a": [0.0, 0.0], "b": [0, 0]}),  # all fill value: zarr writes no chunk
+    pd.DataFrame({"a": [-0.0, 0.0]}),  # -0.0 is not the fill value's bits: zarr writes the chunk
 ])
 def test_matrix_objects_are_the_ones_zarr_writes(table):
     written = _zarr_objects(lambda root: tables.write_matrix(root, "features", table))

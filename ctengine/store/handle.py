@@ -335,7 +335,7 @@ class Store:
         self._ensure_group(f"{series_path}/{LABELS_GROUP}", {"ome": schema.ome_labels()})
         path = f"{series_path}/{LABELS_GROUP}/{LUNG}"
         mask = mask.astype(np.uint8, copy=False)
-        stacks = [mask, *pyramid.levels(mask, labels=True, buffers=_level_buffers)]  # consumed before returning
+        stacks = [mask, *pyramid.levels(mask, labels=True, buffers=_label_level_buffers)]  # consumed before returning
         ome = schema.ome_lung_label(path, scale=scale, levels=len(stacks) - 1)
 
         objects = {**{names.shard_key(names.level_name(k)): shard.encode_stack(level, buffer=f"label{k}")
@@ -377,8 +377,10 @@ class Store:
                                 drop_variables=list(pyramid.LEVEL_NAMES), **kwargs)
 
 
-#: each worker thread's pyramid levels, written again series after series (see :func:`pyramid.levels`)
+#: each worker thread's pyramid levels of series and of lung labels, written again series after series
+#: (see :func:`pyramid.levels`)
 _level_buffers = ThreadBuffers()
+_label_level_buffers = ThreadBuffers()
 
 
 def _level_documents(stacks: list[np.ndarray]) -> dict[str, bytes]:
