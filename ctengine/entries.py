@@ -80,6 +80,25 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         raise
 
 
+def prefetch_regular(paths: Iterable[str | os.PathLike]) -> None:
+    """Ask the kernel to start reading these files (``posix_fadvise(WILLNEED)``), so a series' files come
+    off the disk while the first ones are decoded.
+
+    Only regular files of at most :data:`MAX_TIFF_BYTES` are asked for; anything
+    else, or a path that cannot be opened, is left to the read that follows,
+    which refuses it with its reason.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in paths:
+        try:
+            with open_regular(path) as handle:
+                if os.fstat(handle.fileno()).st_size <= MAX_TIFF_BYTES:
+                    os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+        except (OSError, NotRegularError):
+            continue
+
+
 def read_regular(path: str | os.PathLike, *, limit: int = MAX_TIFF_BYTES) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (refused from its size before reading).
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import csvs, layout, sources as other_sources
+from .entries import prefetch_regular
 from .constants import MULTI_SEP, RAW_DTYPE, SLICE_SHAPE
 from .driver import map_series
 from .ingest_report import (SKIPPED_PREFIX, IngestReport, NothingToIngestError, count_entries, nothing_matched,
@@ -116,6 +117,7 @@ def _read_series(task: SeriesTask) -> tuple[list[int], np.ndarray, list[str], li
     stack is the worker thread's (valid until its next series).
     """
     n, (h, w) = len(task.instances), task.shape
+    prefetch_regular(member for copies in task.copies for archive, member, _ in copies if not archive)
     both = _buffers.get("stack", (n + 1) * h * w, RAW_DTYPE).reshape(n + 1, h, w)
     stack, spare = both[:n], both[n]
     instances, checksums, quarantined = [], [], []

@@ -296,3 +296,17 @@ def test_a_source_that_is_a_link_to_a_folder_is_read(tmp_path, client):
     (tmp_path / "src").symlink_to(tmp_path / "data")
     report = ctengine.ingest([tmp_path / "src"], tmp_path / "s.zarr", client=client, progress=False)
     assert report.slices_written == 2 and not report.skipped
+
+
+def test_prefetch_asks_for_regular_files_only_and_never_blocks_or_raises(tmp_path):
+    from ctengine.entries import prefetch_regular
+
+    write_slice(tmp_path / "good.tif", np.zeros(SMALL, np.uint16))
+    os.mkfifo(tmp_path / "pipe.tif")  # opening it for reading without O_NONBLOCK would wait for a writer
+    (tmp_path / "folder.tif").mkdir()
+    (tmp_path / "device.tif").symlink_to("/dev/zero")
+    with open(tmp_path / "big.tif", "wb") as handle:
+        handle.truncate(MAX_TIFF_BYTES + 1)
+    paths = [tmp_path / name for name in ("good.tif", "pipe.tif", "folder.tif", "device.tif", "big.tif", "gone.tif")]
+    prefetch_regular(str(path) for path in paths)
+    assert layout.read_source("", str(tmp_path / "good.tif"))  # still read as before
