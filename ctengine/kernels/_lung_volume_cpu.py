@@ -12,27 +12,26 @@ import numpy as np
 from numba import njit
 
 from ._lung_runs import label_runs_3d, select_runs
+from ._words import mask_words
 
 
 @njit(cache=True)
-def _runs(mask, s, e, ptr):
+def _runs(mask, words, s, e, ptr):
     """Runs of a (z, h, w) uint8 mask (nonzero = in); return the number of runs.
 
-    Rows of a width divisible by 8 are scanned eight pixels at a time, a
-    word of zeros outside a run skipped.
+    With ``words`` (the mask as 8-pixel words, see :func:`mask_words`), a
+    word of zeros outside a run is skipped whole.
     """
     z, h, w = mask.shape
     n = 0
-    step = 8 if w % 8 == 0 else 1
-    words = mask.reshape(-1).view(np.uint64) if step == 8 else np.zeros(1, np.uint64)
-    nw = w // 8
+    nw = w // 8 if words.size else 0
     for k in range(z):
         for y in range(h):
             r = k * h + y
             ptr[r] = n
             x = 0
             while x < w:
-                if step == 8 and x % 8 == 0 and words[r * nw + x // 8] == 0:
+                if nw and x % 8 == 0 and words[r * nw + x // 8] == 0:
                     x += 8
                 elif mask[k, y, x]:
                     s[n] = x
@@ -54,7 +53,7 @@ def runs_of(mask):
     s = np.empty(cap, np.int32)
     e = np.empty(cap, np.int32)
     ptr = np.empty(z * h + 1, np.int64)
-    n = _runs(m, s, e, ptr)
+    n = _runs(m, mask_words(m), s, e, ptr)
     return s[:n], e[:n], ptr
 
 

@@ -17,6 +17,7 @@ from numba import get_num_threads, njit, prange
 
 from ..constants import (ENTROPY_BIN_WIDTH_HU, ENTROPY_EPS, HU_AERATED_BELOW, HU_CONSOLIDATION_BELOW,
                          HU_EMPHYSEMA_BELOW, HU_GROUND_GLASS_BELOW)
+from ._words import mask_words
 
 # column indices of the float statistics (order of _stats_reference.FLOAT_COLUMNS)
 C_MEAN, C_STD, C_MIN, C_MAX, C_P0 = 0, 1, 2, 3, 4
@@ -234,12 +235,5 @@ def hu_stats(x, mask, offset, nbins, slope, intercept, qs, edges, counts, stats,
     threads from scaling.
     """
     nchunks = max(1, min(x.shape[0], get_num_threads()))
-    _hu_stats(x, mask, _mask_words(mask), offset, nbins, slope, intercept, qs, edges, nchunks, counts, stats, hists)
+    _hu_stats(x, mask, mask_words(mask), offset, nbins, slope, intercept, qs, edges, nchunks, counts, stats, hists)
 
-
-def _mask_words(mask: np.ndarray) -> np.ndarray:
-    """A C-contiguous one-byte mask with rows of a multiple of 8 pixels as uint64 words (empty otherwise),
-    so the kernel skips eight pixels outside the mask at a time."""
-    if mask.dtype.itemsize == 1 and mask.flags.c_contiguous and mask.shape[-1] % 8 == 0 and mask.size:
-        return mask.reshape(-1).view(np.uint8).view(np.uint64)
-    return np.zeros(0, np.uint64)

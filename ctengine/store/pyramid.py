@@ -84,13 +84,13 @@ def halve_mean(level: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
         out = np.empty((z, h // 2, w // 2), level.dtype)
     room = level.size and int(level.max()) <= (int(np.iinfo(level.dtype).max) - 2) // 4
-    wide = level.dtype if room else np.dtype(np.uint32 if level.dtype.itemsize <= 2 else np.uint64)
+    narrow = bool(room)  # the sums fit the stack's dtype
+    wide = level.dtype if narrow else np.dtype(np.uint32 if level.dtype.itemsize <= 2 else np.uint64)
     for start in range(0, z, BLOCK_SLICES):
         part = level[start:start + BLOCK_SLICES]
         n = len(part)
         rows = _scratch.get("rows", n * (h // 2) * w, wide).reshape(n, h // 2, w)
         np.add(part[:, 0:h:2, :w], part[:, 1:h:2, :w], out=rows, dtype=wide)
-        narrow = wide == level.dtype
         total = out[start:start + n] if narrow else \
             _scratch.get("total", n * (h // 2) * (w // 2), wide).reshape(n, h // 2, w // 2)
         np.add(rows[:, :, 0::2], rows[:, :, 1::2], out=total)
